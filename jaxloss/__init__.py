@@ -1,0 +1,45 @@
+"""jaxloss: numerically exact loss functions for JAX.
+
+Every loss is a pure function that jit-compiles, vmaps and differentiates; the
+cross-entropies carry a ``jax.custom_vjp`` whose backward pass is the closed-form
+derivative. Names, call convention and values follow ``optax.losses``.
+"""
+
+from jaxloss._checked import checked
+from jaxloss._reduce import reduce
+from jaxloss.classification import (
+    binary_cross_entropy,
+    categorical_cross_entropy,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from jaxloss.regression import (
+    huber_loss,
+    l2_loss,
+    mae,
+    mean_absolute_error,
+    mean_squared_error,
+    mse,
+    squared_error,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "binary_cross_entropy",
+    "categorical_cross_entropy",
+    "checked",
+    "huber_loss",
+    "l2_loss",
+    "mae",
+    "mean_absolute_error",
+    "mean_squared_error",
+    "mse",
+    "reduce",
+    "sigmoid_binary_cross_entropy",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+    "squared_error",
+]

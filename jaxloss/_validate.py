@@ -1,0 +1,145 @@
+"""Trace-time checks shared by every loss.
+
+Shapes and dtypes are static under ``jax.jit``, so everything here raises while
+tracing, with a message that names the argument, what it got and what was expected.
+Values are not static; those are documented per loss and checked by
+:func:`jaxloss.checked`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def describe(x: Any) -> str:
+    """``shape=(2, 3) dtype=float32`` for an array-like, its type otherwise."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        return f"type={type(x).__name__}"
+    return f"shape={tuple(shape)} dtype={dtype}"
+
+
+def as_array(name: str, x: Any) -> jax.Array:
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        return jnp.asarray(x)
+    except TypeError as e:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from e
+
+
+def floating(name: str, x: Any) -> jax.Array:
+    """``x`` as an array of a floating dtype; TypeError for any other kind."""
+    x = as_array(name, x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {describe(x)}")
+    return x
+
+
+def integer(name: str, x: Any) -> jax.Array:
+    """``x`` as an array of an integer dtype; TypeError for any other kind."""
+    x = as_array(name, x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(
+            f"{name} must have an integer dtype (class indices), got {describe(x)}; "
+            "for one-hot or soft targets use the dense variant of this loss"
+        )
+    return x
+
+
+def numeric(name: str, x: Any) -> jax.Array:
+    """Floating, integer or bool (e.g. 0/1 labels), cast later to the compute dtype."""
+    x = as_array(name, x)
+    if not (
+        jnp.issubdtype(x.dtype, jnp.floating)
+        or jnp.issubdtype(x.dtype, jnp.integer)
+        or x.dtype == jnp.bool_
+    ):
+        raise TypeError(f"{name} must be a real numeric array, got {describe(x)}")
+    return x
+
+
+def mask(name: str, x: Any) -> jax.Array | None:
+    if x is None:
+        return None
+    x = as_array(name, x)
+    if x.dtype != jnp.bool_:
+        raise TypeError(f"{name} must be a boolean array, got {describe(x)}")
+    return x
+
+
+def compute_dtype(*dtypes: Any) -> jnp.dtype:
+    """The dtype a loss computes and returns in: at least float32 (bf16/fp16 accumulate
+    in float32), float64 when an input is float64."""
+    return jnp.result_type(jnp.float32, *dtypes)
+
+
+def broadcast_shapes(names: Sequence[str], *arrays: jax.Array) -> tuple[int, ...]:
+    shapes = [tuple(a.shape) for a in arrays]
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        got = ", ".join(f"{n} {describe(a)}" for n, a in zip(names, arrays, strict=True))
+        raise ValueError(f"shapes do not broadcast together: {got}") from None
+
+
+def same_shape(name: str, x: jax.Array, expected: tuple[int, ...], what: str) -> None:
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {describe(x)}")
+
+
+def reduction(value: Any) -> str:
+    if not isinstance(value, str) or value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
+    return value
+
+
+def canonical_axis(name: str, axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of rank {ndim}")
+    return int(axis) % ndim
+
+
+def concrete_scalar(x: Any) -> float | None:
+    """A Python float when ``x`` is known at trace time, else None."""
+    if isinstance(x, numbers.Real):
+        return float(x)
+    if isinstance(x, np.ndarray | np.generic) and np.ndim(x) == 0:
+        return float(x)
+    if isinstance(x, jax.Array) and x.ndim == 0 and not isinstance(x, jax.core.Tracer):
+        return float(x)
+    return None
+
+
+def in_unit_interval(name: str, x: Any) -> jax.Array:
+    """A scalar in [0, 1], checked when static (a traced value is taken as given)."""
+    value = concrete_scalar(x)
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    x = as_array(name, x)
+    if x.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got {describe(x)}")
+    return x
+
+
+def non_negative(name: str, x: Any) -> None:
+    value = concrete_scalar(x)
+    if value is not None and not value >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def positive(name: str, x: Any) -> None:
+    value = concrete_scalar(x)
+    if value is not None and not value > 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")

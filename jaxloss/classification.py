@@ -1,0 +1,729 @@
+"""Classification losses: sigmoid/binary and softmax/categorical cross-entropy.
+
+Each loss is a ``jax.custom_vjp`` whose backward pass is the closed-form derivative.
+The softmax losses keep only their inputs and one log-sum-exp per row as residuals
+and form ``softmax - target`` in the backward pass, so no ``[N, C]`` probability
+matrix is stored. All arithmetic is in at least float32 (bf16/fp16 logits accumulate
+in float32); gradients come back in the input dtype.
+
+Conventions where the math has edges (PyTorch's subgradients, never NaN on finite
+input):
+
+- A class whose logit is ``-inf`` does not exist for that row: it takes no
+  probability, no label-smoothing mass, and contributes exactly 0 to the loss and its
+  gradient while its target is 0.
+- Logits of ``+-inf`` in the sigmoid losses give the exact limits (0, or +inf where
+  the label disagrees) and the gradient ``sigmoid(x) - y``.
+- Bad values cannot raise under ``jit``: an out-of-range integer label gives NaN;
+  wrap the loss in :func:`jaxloss.checked` to raise instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxloss import _validate
+from jaxloss._checked import check_in_range, check_labels, check_not_nan, register_checks
+from jaxloss._reduce import Reduction, weighted_reduce
+
+__all__ = [
+    "binary_cross_entropy",
+    "categorical_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+]
+
+# Keras' backend epsilon, the clip of categorical_cross_entropy's probabilities.
+KERAS_EPSILON = 1e-7
+# PyTorch BCELoss: each log is clamped at -100; its backward divides by
+# max(p (1 - p), 1e-12).
+BCE_LOG_CLAMP = -100.0
+BCE_GRAD_EPSILON = 1e-12
+
+
+def _times(coefficient: jax.Array, value: jax.Array) -> jax.Array:
+    """``coefficient * value`` with 0 * inf = 0: a term whose weight is 0 is absent."""
+    return jnp.where(coefficient == 0, 0, coefficient * value)
+
+
+# ---------------------------------------------------------------------------------
+# Sigmoid (binary) cross-entropy on logits.
+
+
+@jax.custom_vjp
+def _sigmoid_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
+    r"""Per element :math:`\ell = w y\,\mathrm{softplus}(-x) + (1-y)\,\mathrm{softplus}(x)`.
+
+    :math:`\partial\ell/\partial x = \sigma(x)(w y + 1 - y) - w y`,
+    :math:`\partial\ell/\partial y = w\,\mathrm{softplus}(-x) - \mathrm{softplus}(x)`,
+    :math:`\partial\ell/\partial w = y\,\mathrm{softplus}(-x)`.
+    """
+    x = logits.astype(labels.dtype)
+    return _times(pos_weight * labels, jax.nn.softplus(-x)) + _times(
+        1 - labels, jax.nn.softplus(x)
+    )
+
+
+def _sigmoid_bce_fwd(logits, labels, pos_weight):
+    return _sigmoid_bce(logits, labels, pos_weight), (logits, labels, pos_weight)
+
+
+def _sigmoid_bce_bwd(residuals, g):
+    logits, labels, pos_weight = residuals
+    x = logits.astype(labels.dtype)
+    wy = pos_weight * labels
+    d_logits = g * (jax.nn.sigmoid(x) * (wy + 1 - labels) - wy)
+    d_labels = g * (pos_weight * jax.nn.softplus(-x) - jax.nn.softplus(x))
+    d_pos_weight = g * _times(labels, jax.nn.softplus(-x))
+    return d_logits.astype(logits.dtype), d_labels, d_pos_weight
+
+
+_sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
+
+
+def _check_sigmoid_bce(logits, labels, *, pos_weight=None, label_smoothing=0.0, where=None,
+                       reduction="none"):
+    check_not_nan("logits", logits)
+    check_in_range("labels", labels, 0, 1)
+    if pos_weight is not None:
+        check_in_range("pos_weight", pos_weight, 0, None)
+
+
+@register_checks(_check_sigmoid_bce)
+@functools.partial(jax.jit, static_argnames=("label_smoothing", "reduction"))
+def sigmoid_binary_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    pos_weight: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Elementwise sigmoid cross-entropy on logits, with PyTorch's ``pos_weight``.
+
+    .. math::
+      \ell(x, y) = -\bigl[w\,y \log\sigma(x) + (1 - y)\log(1 - \sigma(x))\bigr]
+                 = w\,y\,\mathrm{softplus}(-x) + (1 - y)\,\mathrm{softplus}(x)
+
+    .. math::
+      \frac{\partial\ell}{\partial x} = \sigma(x)\,(w y + 1 - y) - w y
+
+    (:math:`\sigma(x) - y` for :math:`w = 1`). Same values as
+    ``optax.losses.sigmoid_binary_cross_entropy``; values and gradients of PyTorch
+    ``BCEWithLogitsLoss(pos_weight=w)``. At :math:`x = \pm\infty` the loss is its
+    exact limit (0, or +inf where the label disagrees) and the gradient is
+    :math:`\sigma(x) - y`, never NaN.
+
+    Args:
+      logits: logits of the positive class, any float shape.
+      labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``.
+      pos_weight: weight :math:`w` of the positive term, broadcastable to ``logits``
+        (e.g. one per class: ``n_negative / n_positive``).
+      label_smoothing: :math:`\epsilon`; labels become
+        :math:`y (1 - \epsilon) + \epsilon / 2` (Keras).
+      where: boolean mask of the elements to include (broadcastable to ``logits``).
+      reduction: ``"none"`` (default, one value per element), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The losses, in ``promote_types(logits.dtype, float32)``.
+
+    References:
+      Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.
+    """
+    logits = _validate.floating("logits", logits)
+    labels = _validate.numeric("labels", labels)
+    label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    dtype = _validate.compute_dtype(logits.dtype)
+    named = {"logits": logits, "labels": labels}
+    if pos_weight is not None:
+        named["pos_weight"] = pos_weight = _validate.numeric("pos_weight", pos_weight)
+    if where is not None:
+        named["where"] = where
+    shape = _validate.broadcast_shapes(tuple(named), *named.values())
+    if shape != tuple(logits.shape):
+        raise ValueError(
+            f"labels, pos_weight and where must broadcast to the shape of logits "
+            f"{tuple(logits.shape)}; together they broadcast to {shape}"
+        )
+    labels = labels.astype(dtype)
+    labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+    labels = jnp.broadcast_to(labels, shape)
+    pos_weight = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
+    losses = _sigmoid_bce(logits, labels, jnp.broadcast_to(pos_weight, shape))
+    return weighted_reduce(losses, reduction, where=where, denominator=None)
+
+
+# ---------------------------------------------------------------------------------
+# Binary cross-entropy on probabilities (PyTorch BCELoss).
+
+
+@jax.custom_vjp
+def _bce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
+    r""":math:`\ell = -[y \max(\log p, -100) + (1 - y)\max(\log(1 - p), -100)]`."""
+    p = probabilities.astype(labels.dtype)
+    log_p = jnp.maximum(jnp.log(p), BCE_LOG_CLAMP)
+    log_not_p = jnp.maximum(jnp.log1p(-p), BCE_LOG_CLAMP)
+    return -labels * log_p - (1 - labels) * log_not_p
+
+
+def _bce_fwd(probabilities, labels):
+    return _bce(probabilities, labels), (probabilities, labels)
+
+
+def _bce_bwd(residuals, g):
+    r"""PyTorch's: :math:`\partial\ell/\partial p = (p - y) / \max(p(1-p), 10^{-12})`,
+    the exact derivative wherever :math:`p(1-p) > 10^{-12}` and finite at 0 and 1."""
+    probabilities, labels = residuals
+    p = probabilities.astype(labels.dtype)
+    d_p = g * (p - labels) / jnp.maximum(p * (1 - p), BCE_GRAD_EPSILON)
+    log_p = jnp.maximum(jnp.log(p), BCE_LOG_CLAMP)
+    log_not_p = jnp.maximum(jnp.log1p(-p), BCE_LOG_CLAMP)
+    d_labels = g * (log_not_p - log_p)
+    return d_p.astype(probabilities.dtype), d_labels
+
+
+_bce.defvjp(_bce_fwd, _bce_bwd)
+
+
+def _check_bce(probabilities, labels, *, where=None, reduction="none"):
+    check_in_range("probabilities", probabilities, 0, 1)
+    check_in_range("labels", labels, 0, 1)
+
+
+@register_checks(_check_bce)
+@functools.partial(jax.jit, static_argnames=("reduction",))
+def binary_cross_entropy(
+    probabilities: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Elementwise binary cross-entropy on probabilities (PyTorch ``BCELoss``).
+
+    .. math::
+      \ell(p, y) = -\bigl[y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100)\bigr]
+
+    .. math::
+      \frac{\partial\ell}{\partial p} = \frac{p - y}{\max(p(1 - p),\, 10^{-12})}
+
+    The clamp at -100 is PyTorch's: ``p = 0`` or ``1`` gives 100 or 0 and a finite
+    gradient. On :math:`p \in (0, 1)` values and gradients are PyTorch's. With
+    :math:`y = 1`, :math:`p = 0.9` gives 0.105 and :math:`p = 0.1` gives 2.303.
+
+    Prefer :func:`sigmoid_binary_cross_entropy` on logits: a probability that has
+    rounded to 0 or 1 has lost the information the loss needs.
+
+    Args:
+      probabilities: predicted probabilities in [0, 1].
+      labels: targets in [0, 1], broadcastable to ``probabilities``.
+      where: boolean mask of the elements to include.
+      reduction: ``"none"`` (default), ``"mean"`` or ``"sum"``.
+    """
+    probabilities = _validate.floating("probabilities", probabilities)
+    labels = _validate.numeric("labels", labels)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    named = {"probabilities": probabilities, "labels": labels}
+    if where is not None:
+        named["where"] = where
+    shape = _validate.broadcast_shapes(tuple(named), *named.values())
+    if shape != tuple(probabilities.shape):
+        raise ValueError(
+            f"labels and where must broadcast to the shape of probabilities "
+            f"{tuple(probabilities.shape)}; together they broadcast to {shape}"
+        )
+    dtype = _validate.compute_dtype(probabilities.dtype)
+    labels = jnp.broadcast_to(labels.astype(dtype), shape)
+    losses = _bce(probabilities, labels)
+    return weighted_reduce(losses, reduction, where=where, denominator=None)
+
+
+# ---------------------------------------------------------------------------------
+# Softmax cross-entropy on logits: shared pieces.
+
+
+def _classes_last(x: jax.Array, axis: int | Sequence[int]) -> tuple[jax.Array, int]:
+    """Moves the class axes to the end, flattened into one; returns it and the batch rank."""
+    axes = (axis,) if not isinstance(axis, Sequence) else tuple(axis)
+    if not axes:
+        raise ValueError("axis must name at least one class axis, got ()")
+    axes = tuple(_validate.canonical_axis("axis", a, x.ndim) for a in axes)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis has repeated entries: {axis!r}")
+    batch = tuple(a for a in range(x.ndim) if a not in axes)
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)) and len(axes) == 1:
+        return x, len(batch)
+    x = jnp.transpose(x, batch + axes)
+    return x.reshape(x.shape[: len(batch)] + (-1,)), len(batch)
+
+
+def _class_mask(
+    where: jax.Array | None, logits_ndim: int, axis: int | Sequence[int]
+) -> jax.Array | None:
+    """optax's ``where``: a mask of classes (``logits.shape``) or of rows (the batch
+    shape, extended over the classes); returned with the classes last."""
+    if where is None:
+        return None
+    axes = (axis,) if not isinstance(axis, Sequence) else tuple(axis)
+    if where.ndim == logits_ndim - len(axes):
+        where = jnp.expand_dims(where, axes)
+    elif where.ndim != logits_ndim:
+        raise ValueError(
+            f"where must have the rank of logits ({logits_ndim}) or of the batch "
+            f"({logits_ndim - len(axes)}), got {_validate.describe(where)}"
+        )
+    return _classes_last(where, axis)[0]
+
+
+def _log_normalizer(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``."""
+    if valid is not None:
+        x = jnp.where(valid, x, -jnp.inf)
+    m = jnp.max(x, axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), 0, m))
+    log_s = jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True))
+    return m, log_s
+
+
+def _softmax(x: jax.Array, lse: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """The softmax rebuilt from its log-normalizer; 0 on excluded classes."""
+    if valid is not None:
+        x = jnp.where(valid, x, -jnp.inf)
+    return jnp.exp(x - jnp.where(jnp.isneginf(lse), 0, lse))
+
+
+def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """Uniform distribution over the classes that exist: finite logit, not masked."""
+    support = x > -jnp.inf
+    if valid is not None:
+        support = support & valid
+    count = jnp.sum(support, axis=-1, keepdims=True)
+    return support / jnp.maximum(count, 1).astype(x.dtype)
+
+
+def _neg_log_softmax(x: jax.Array, m: jax.Array, log_s: jax.Array) -> jax.Array:
+    """:math:`\\mathrm{lse}(x) - x_c`, as :math:`(m - x_c) + \\log s` so that the
+    label's term keeps its precision when |x| is huge."""
+    return (m - x) + log_s
+
+
+def _cross_entropy_grad(
+    x: jax.Array, lse: jax.Array, valid: jax.Array | None, target: jax.Array, g: jax.Array
+) -> jax.Array:
+    """:math:`g\\,(p \\sum_c a_c - a)`, the gradient of :math:`\\sum_c a_c(\\mathrm{lse} - x_c)`."""
+    p = _softmax(x, lse, valid)
+    return g[..., None] * (p * jnp.sum(target, axis=-1, keepdims=True) - target)
+
+
+# ---------------------------------------------------------------------------------
+# Softmax cross-entropy with dense (one-hot or soft) targets.
+
+
+@jax.custom_vjp
+def _softmax_ce(
+    logits: jax.Array, labels: jax.Array, smoothing: jax.Array, valid: jax.Array | None
+) -> jax.Array:
+    return _softmax_ce_fwd(logits, labels, smoothing, valid)[0]
+
+
+def _dense_target(x, labels, smoothing, valid):
+    """:math:`q = (1 - \\epsilon) y + \\epsilon u` with :math:`u` uniform over the
+    classes that exist; 0 on classes that ``where`` excludes (optax)."""
+    target = labels
+    if smoothing is not None:
+        target = (1 - smoothing) * labels + smoothing * _smoothing_support(x, valid)
+    return target if valid is None else jnp.where(valid, target, 0)
+
+
+def _softmax_ce_fwd(logits, labels, smoothing, valid):
+    r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x) - x_c)`; residuals: the inputs and
+    :math:`\mathrm{lse}` per row."""
+    x = logits.astype(labels.dtype)
+    m, log_s = _log_normalizer(x, valid)
+    target = _dense_target(x, labels, smoothing, valid)
+    loss = jnp.sum(_times(target, _neg_log_softmax(x, m, log_s)), axis=-1)
+    return loss, (logits, labels, smoothing, valid, m + log_s)
+
+
+def _softmax_ce_bwd(residuals, g):
+    r""":math:`\partial\ell/\partial x = p \sum_c q_c - q`;
+    :math:`\partial\ell/\partial y_c = (1-\epsilon)(\mathrm{lse} - x_c)` on the classes
+    that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
+    (\mathrm{lse} - x_c)`."""
+    logits, labels, smoothing, valid, lse = residuals
+    x = logits.astype(labels.dtype)
+    target = _dense_target(x, labels, smoothing, valid)
+    d_logits = _cross_entropy_grad(x, lse, valid, target, g)
+    exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
+    nll = jnp.where(exists, lse - x, 0)
+    d_labels = g[..., None] * nll
+    d_smoothing = None
+    if smoothing is not None:
+        d_labels = (1 - smoothing) * d_labels
+        shift = _smoothing_support(x, valid) - labels
+        d_smoothing = jnp.sum(g[..., None] * shift * nll).astype(smoothing.dtype)
+    return d_logits.astype(logits.dtype), d_labels, d_smoothing, None
+
+
+_softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
+
+
+def _check_softmax_ce(logits, labels, *, axis=-1, where=None, label_smoothing=0.0,
+                      reduction="none"):
+    check_not_nan("logits", logits)
+    check_in_range("labels", labels, 0, None)
+
+
+@register_checks(_check_softmax_ce)
+@functools.partial(jax.jit, static_argnames=("axis", "label_smoothing", "reduction"))
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int | tuple[int, ...] = -1,
+    where: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Softmax cross-entropy with one-hot or soft targets.
+
+    .. math::
+      \ell(x, y) = -\sum_c y_c \log \mathrm{softmax}(x)_c
+                 = \sum_c y_c\,(\mathrm{lse}(x) - x_c),
+      \qquad \frac{\partial\ell}{\partial x_c} = \mathrm{softmax}(x)_c \sum_k y_k - y_c
+
+    Same values as ``optax.losses.softmax_cross_entropy`` wherever optax's are
+    finite. A class with logit ``-inf`` and target 0 contributes exactly 0 (optax
+    gives NaN): masking classes by setting their logits to ``-inf`` is safe.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      labels: targets broadcastable to ``logits`` (rows summing to 1 for a
+        distribution; any non-negative weights are accepted).
+      axis: the class axis (or axes, flattened into one).
+      where: as in optax: a boolean mask of classes (the shape of ``logits``) or of
+        rows (the batch shape). Excluded classes take no probability and contribute
+        0; a row with no class left has loss 0.
+      label_smoothing: :math:`\epsilon`; targets become
+        :math:`(1 - \epsilon) y + \epsilon / C`, over the :math:`C` classes whose
+        logit is finite and which ``where`` includes.
+      reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      One loss per row (``logits.shape`` without ``axis``) for ``"none"``, in
+      ``promote_types(logits.dtype, float32)``.
+
+    References:
+      Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.3;
+      Szegedy et al., `Rethinking the Inception Architecture
+      <https://arxiv.org/abs/1512.00567>`_, 2016 (label smoothing).
+    """
+    logits = _validate.floating("logits", logits)
+    labels = _validate.numeric("labels", labels)
+    label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    shape = _validate.broadcast_shapes(("logits", "labels"), logits, labels)
+    if shape != tuple(logits.shape):
+        raise ValueError(
+            f"labels must broadcast to the shape of logits {tuple(logits.shape)}, "
+            f"got {_validate.describe(labels)}"
+        )
+    dtype = _validate.compute_dtype(logits.dtype)
+    labels = jnp.broadcast_to(labels.astype(dtype), shape)
+    valid = _class_mask(where, logits.ndim, axis)
+    x, _ = _classes_last(logits, axis)
+    y, _ = _classes_last(labels, axis)
+    if valid is not None:
+        valid = jnp.broadcast_to(valid, x.shape)
+    smoothing = None
+    if _validate.concrete_scalar(label_smoothing) != 0.0:
+        smoothing = jnp.asarray(label_smoothing, dtype)
+    losses = _softmax_ce(x, y, smoothing, valid)
+    rows = None if valid is None else jnp.any(valid, axis=-1)
+    return weighted_reduce(losses, reduction, where=rows, denominator=None)
+
+
+# ---------------------------------------------------------------------------------
+# Softmax cross-entropy with integer labels (PyTorch CrossEntropyLoss).
+
+
+def _integer_target(x, labels, class_weights, smoothing, valid):
+    r"""PyTorch's weighted, smoothed target :math:`a_c = w_c q_c`,
+    :math:`q = (1 - \epsilon)\,\mathrm{onehot}(y) + \epsilon u`; also the one-hot (a
+    compare against an iota, which shards where a gather would not)."""
+    classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    onehot = (labels[..., None] == classes).astype(x.dtype)
+    target = onehot if smoothing is None else (
+        (1 - smoothing) * onehot + smoothing * _smoothing_support(x, valid)
+    )
+    if class_weights is not None:
+        target = target * class_weights
+    return target, onehot
+
+
+@jax.custom_vjp
+def _integer_ce(logits, labels, class_weights, smoothing, valid):
+    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid)[0]
+
+
+def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid):
+    r""":math:`\ell = \sum_c a_c(\mathrm{lse}(x) - x_c)`, NaN for a label outside
+    ``[0, C)``; residuals: the inputs and :math:`\mathrm{lse}` per row."""
+    dtype = _validate.compute_dtype(logits.dtype)
+    x = logits.astype(dtype)
+    m, log_s = _log_normalizer(x, valid)
+    target, onehot = _integer_target(x, labels, class_weights, smoothing, valid)
+    loss = jnp.sum(_times(target, _neg_log_softmax(x, m, log_s)), axis=-1)
+    in_range = jnp.any(onehot > 0, axis=-1)
+    loss = jnp.where(in_range, loss, jnp.nan)
+    return loss, (logits, labels, class_weights, smoothing, valid, m + log_s)
+
+
+def _integer_ce_bwd(residuals, g):
+    r""":math:`\partial\ell/\partial x = p \sum_c a_c - a` (NaN on rows whose label is
+    out of range); :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n -
+    x_{nc})`; :math:`\partial\ell/\partial\epsilon = \sum_{n,c} w_c (u_{nc} -
+    \mathrm{onehot}_{nc})(\mathrm{lse}_n - x_{nc})`."""
+    logits, labels, class_weights, smoothing, valid, lse = residuals
+    dtype = _validate.compute_dtype(logits.dtype)
+    x = logits.astype(dtype)
+    target, onehot = _integer_target(x, labels, class_weights, smoothing, valid)
+    in_range = jnp.any(onehot > 0, axis=-1)
+    d_logits = _cross_entropy_grad(x, lse, valid, target, g)
+    d_logits = jnp.where(in_range[..., None], d_logits, jnp.nan)
+    nll = lse - x
+    d_weights = d_smoothing = None
+    if class_weights is not None:
+        unweighted = _integer_target(x, labels, None, smoothing, valid)[0]
+        per_class = g[..., None] * _times(unweighted, nll)
+        d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
+    if smoothing is not None:
+        shift = _smoothing_support(x, valid) - onehot
+        if class_weights is not None:
+            shift = shift * class_weights
+        d_smoothing = jnp.sum(g[..., None] * _times(shift, nll)).astype(smoothing.dtype)
+    return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None
+
+
+_integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
+
+
+def _check_integer_ce(logits, labels, *, axis=-1, where=None, ignore_index=None,
+                      label_smoothing=0.0, class_weights=None, reduction="none"):
+    check_not_nan("logits", logits)
+    logits = jnp.asarray(logits)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    num_classes = 1
+    for a in axes:
+        num_classes *= logits.shape[a]
+    check_labels("labels", labels, num_classes, ignore_index)
+    if class_weights is not None:
+        check_in_range("class_weights", class_weights, 0, None)
+
+
+@register_checks(_check_integer_ce)
+@functools.partial(
+    jax.jit, static_argnames=("axis", "ignore_index", "label_smoothing", "reduction")
+)
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int | tuple[int, ...] = -1,
+    where: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Softmax cross-entropy with integer class labels (PyTorch ``CrossEntropyLoss``).
+
+    .. math::
+      \ell_n = \sum_c w_c\,q_{nc}\,(\mathrm{lse}(x_n) - x_{nc}), \qquad
+      q_n = (1 - \epsilon)\,\mathrm{onehot}(y_n) + \epsilon\,u_n
+
+    .. math::
+      \frac{\partial\ell_n}{\partial x_{nc}} =
+        \mathrm{softmax}(x_n)_c \sum_k w_k q_{nk} - w_c q_{nc}
+
+    where :math:`u_n` is uniform over the classes of row :math:`n` whose logit is
+    finite (and that ``where`` includes). Without weights or smoothing this is
+    :math:`\mathrm{lse}(x_n) - x_{n y_n}`, optax's
+    ``softmax_cross_entropy_with_integer_labels`` (same values wherever optax's are
+    finite). With ``class_weights``, ``ignore_index`` and ``label_smoothing`` it is
+    PyTorch's: ``"mean"`` divides by :math:`\sum_n w_{y_n}` over the rows kept, and is
+    0 with zero gradient when no row is kept.
+
+    Classes masked with ``-inf`` logits get no smoothing mass and zero gradient, and
+    the loss stays finite while the label's own logit is finite. A label outside
+    ``[0, C)`` (other than ``ignore_index``) gives NaN: wrap in
+    :func:`jaxloss.checked` to raise instead.
+
+    Args:
+      logits: unnormalized log-probabilities, classes along ``axis``.
+      labels: integer class ids of the shape of ``logits`` without ``axis``.
+      axis: the class axis (or axes, flattened into one as in optax).
+      where: a boolean mask of classes (the shape of ``logits``) or of rows (the
+        batch shape), as in optax.
+      ignore_index: a label value whose rows get loss 0 and gradient 0 and are left
+        out of ``"mean"`` (PyTorch's default is -100).
+      label_smoothing: :math:`\epsilon` in [0, 1].
+      class_weights: :math:`w`, one non-negative weight per class.
+      reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      One loss per row for ``"none"``, in ``promote_types(logits.dtype, float32)``.
+
+    References:
+      Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.3;
+      Müller et al., `When Does Label Smoothing Help?
+      <https://arxiv.org/abs/1906.02629>`_, 2019.
+    """
+    logits = _validate.floating("logits", logits)
+    labels = _validate.integer("labels", labels)
+    label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    dtype = _validate.compute_dtype(logits.dtype)
+    x, _ = _classes_last(logits, axis)
+    _validate.same_shape("labels", labels, x.shape[:-1], "logits without the class axis")
+    num_classes = x.shape[-1]
+    valid = _class_mask(where, logits.ndim, axis)
+    if valid is not None:
+        valid = jnp.broadcast_to(valid, x.shape)
+    if class_weights is not None:
+        class_weights = _validate.numeric("class_weights", class_weights)
+        _validate.same_shape("class_weights", class_weights, (num_classes,),
+                             "one weight per class")
+        class_weights = class_weights.astype(dtype)
+    smoothing = None
+    if _validate.concrete_scalar(label_smoothing) != 0.0:
+        smoothing = jnp.asarray(label_smoothing, dtype)
+
+    keep = None if valid is None else jnp.any(valid, axis=-1)
+    if ignore_index is not None:
+        ignored = labels == ignore_index
+        keep = ~ignored if keep is None else keep & ~ignored
+        # A safe label on ignored rows keeps their (masked) gradient free of NaN.
+        labels = jnp.where(ignored, 0, labels)
+    losses = _integer_ce(x, labels, class_weights, smoothing, valid)
+    denominator = None
+    if class_weights is not None:
+        classes = jnp.arange(num_classes, dtype=labels.dtype)
+        denominator = jnp.sum(jnp.where(labels[..., None] == classes, class_weights, 0), -1)
+    return weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+
+
+# ---------------------------------------------------------------------------------
+# Categorical cross-entropy on probabilities (Keras).
+
+
+@jax.custom_vjp
+def _categorical_ce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
+    return _categorical_ce_fwd(probabilities, labels)[0]
+
+
+def _clipped(probabilities, dtype):
+    p = probabilities.astype(dtype)
+    total = jnp.sum(p, axis=-1, keepdims=True)
+    ratio = p / total
+    return ratio, jnp.clip(ratio, KERAS_EPSILON, 1 - KERAS_EPSILON), total
+
+
+def _categorical_ce_fwd(probabilities, labels):
+    r""":math:`\ell = -\sum_c y_c \log \mathrm{clip}(p_c / S, \varepsilon, 1 - \varepsilon)`,
+    :math:`S = \sum_c p_c` (Keras normalizes, then clips)."""
+    _, clipped, _ = _clipped(probabilities, labels.dtype)
+    loss = -jnp.sum(_times(labels, jnp.log(clipped)), axis=-1)
+    return loss, (probabilities, labels)
+
+
+def _categorical_ce_bwd(residuals, g):
+    r"""With :math:`r = p/S`, :math:`u = \mathrm{clip}(r)` and
+    :math:`h_c = -y_c / u_c` where :math:`r_c` is inside the clip range (0 outside):
+    :math:`\partial\ell/\partial p_k = (h_k - \sum_c h_c r_c) / S`;
+    :math:`\partial\ell/\partial y_c = -\log u_c`."""
+    probabilities, labels = residuals
+    ratio, clipped, total = _clipped(probabilities, labels.dtype)
+    inside = (ratio > KERAS_EPSILON) & (ratio < 1 - KERAS_EPSILON)
+    h = jnp.where(inside, -labels / clipped, 0)
+    d_p = g[..., None] * (h - jnp.sum(h * ratio, axis=-1, keepdims=True)) / total
+    d_labels = -g[..., None] * jnp.log(clipped)
+    return d_p.astype(probabilities.dtype), d_labels
+
+
+_categorical_ce.defvjp(_categorical_ce_fwd, _categorical_ce_bwd)
+
+
+def _check_categorical_ce(probabilities, labels, *, axis=-1, where=None, reduction="none"):
+    check_in_range("probabilities", probabilities, 0, 1)
+    check_in_range("labels", labels, 0, None)
+
+
+@register_checks(_check_categorical_ce)
+@functools.partial(jax.jit, static_argnames=("axis", "reduction"))
+def categorical_cross_entropy(
+    probabilities: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Categorical cross-entropy on probabilities (Keras
+    ``CategoricalCrossentropy(from_logits=False)``).
+
+    .. math::
+      \ell(p, y) = -\sum_c y_c \log \mathrm{clip}\Bigl(\frac{p_c}{\sum_k p_k},
+        10^{-7}, 1 - 10^{-7}\Bigr)
+
+    Like Keras, the probabilities are renormalized to sum to 1 and clipped, so a
+    probability of 0 gives a finite loss; where the clip is active the gradient is 0
+    (Keras' behaviour: prefer :func:`softmax_cross_entropy` on logits, which has
+    neither problem). For the true class cat with probabilities
+    (cat 0.80, dog 0.15, cow 0.05) the loss is :math:`-\log 0.8 = 0.223`.
+
+    Args:
+      probabilities: predicted class probabilities, classes along ``axis``.
+      labels: one-hot or soft targets broadcastable to ``probabilities``.
+      axis: the class axis.
+      where: a boolean mask of classes (the shape of ``probabilities``) or of rows
+        (the batch shape); excluded classes are dropped before the renormalization.
+      reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+    """
+    probabilities = _validate.floating("probabilities", probabilities)
+    labels = _validate.numeric("labels", labels)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    shape = _validate.broadcast_shapes(("probabilities", "labels"), probabilities, labels)
+    if shape != tuple(probabilities.shape):
+        raise ValueError(
+            f"labels must broadcast to the shape of probabilities "
+            f"{tuple(probabilities.shape)}, got {_validate.describe(labels)}"
+        )
+    dtype = _validate.compute_dtype(probabilities.dtype)
+    labels = jnp.broadcast_to(labels.astype(dtype), shape)
+    p, _ = _classes_last(probabilities, axis)
+    y, _ = _classes_last(labels, axis)
+    valid = _class_mask(where, probabilities.ndim, axis)
+    rows = None
+    if valid is not None:
+        valid = jnp.broadcast_to(valid, p.shape)
+        rows = jnp.any(valid, axis=-1, keepdims=True)
+        # A row with no class left gets uniform p and no target: loss 0, gradient 0.
+        p = jnp.where(valid, p, jnp.where(rows, 0, 1))
+        y = jnp.where(valid, y, 0)
+        rows = rows[..., 0]
+    losses = _categorical_ce(p, y)
+    return weighted_reduce(losses, reduction, where=rows, denominator=None)
