@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _validate
@@ -44,7 +45,9 @@ KERAS_EPSILON = 1e-7
 # PyTorch BCELoss: each log is clamped at -100; its backward divides by
 # max(p (1 - p), 1e-12).
 BCE_LOG_CLAMP = -100.0
-BCE_GRAD_EPSILON = 1e-12
+# PyTorch's constant is float32(1e-12) for every input dtype; the same here makes the
+# float64 gradients equal bit for bit where the clamp is active.
+BCE_GRAD_EPSILON = float(np.float32(1e-12))
 
 
 def _times(coefficient: jax.Array, value: jax.Array) -> jax.Array:

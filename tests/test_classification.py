@@ -1,0 +1,600 @@
+"""Tests of the classification losses (design.md, "How a loss is tested")."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import absltest, parameterized
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from jax.experimental import checkify
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxloss
+from jaxloss.testing import (
+    assert_finite_differences,
+    assert_grads_finite,
+    assert_vjp_matches_reference,
+)
+
+N, C = 8, 5
+RNG = np.random.default_rng(0)
+LOGITS = (RNG.normal(size=(N, C)) * 3).astype(np.float32)
+LABELS = RNG.integers(0, C, size=N).astype(np.int32)
+SOFT = RNG.dirichlet(np.ones(C), size=N).astype(np.float32)
+ONEHOT = np.eye(C, dtype=np.float32)[LABELS]
+PROBS = RNG.uniform(0.05, 0.95, size=(N, C)).astype(np.float32)
+BINARY = RNG.integers(0, 2, size=(N, C)).astype(np.float32)
+WEIGHTS = RNG.uniform(0.5, 2.0, size=C).astype(np.float32)
+CLASS_MASK = RNG.uniform(size=(N, C)) > 0.3
+CLASS_MASK[:, 0] = True  # every row keeps a class
+ROW_MASK = np.array([True, False] * (N // 2))
+
+sbce = jaxloss.sigmoid_binary_cross_entropy
+bce = jaxloss.binary_cross_entropy
+sce = jaxloss.softmax_cross_entropy
+ice = jaxloss.softmax_cross_entropy_with_integer_labels
+cce = jaxloss.categorical_cross_entropy
+
+
+# Naive float64 references: the textbook formulas, PyTorch's conventions written out.
+
+def ref_sigmoid_bce(x, y, pos_weight=1.0):
+    s = 1 / (1 + jnp.exp(-x))
+    return -(pos_weight * y * jnp.log(s) + (1 - y) * jnp.log(1 - s))
+
+
+def ref_bce(p, y):
+    return -(y * jnp.maximum(jnp.log(p), -100) + (1 - y) * jnp.maximum(jnp.log(1 - p), -100))
+
+
+def ref_log_softmax(x):
+    e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    return jnp.log(e / jnp.sum(e, axis=-1, keepdims=True))
+
+
+def ref_softmax_ce(x, y, label_smoothing=0.0):
+    y = (1 - label_smoothing) * y + label_smoothing / x.shape[-1]
+    return -jnp.sum(y * ref_log_softmax(x), axis=-1)
+
+
+def ref_torch_cross_entropy(x, labels, weight=None, ignore_index=-100, label_smoothing=0.0,
+                            reduction="mean"):
+    """torch.nn.CrossEntropyLoss written out: (1-e) * nll + e/C * sum_c w_c (-log p_c);
+    "mean" divides by the summed weights of the kept rows."""
+    c = x.shape[-1]
+    w = jnp.ones(c, x.dtype) if weight is None else weight
+    keep = labels != ignore_index
+    safe = jnp.where(keep, labels, 0)
+    logp = ref_log_softmax(x)
+    w_y = w[safe] * keep
+    nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0] * w_y
+    smooth = -jnp.sum(logp * w, axis=-1) * keep
+    per_row = (1 - label_smoothing) * nll + label_smoothing / c * smooth
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return jnp.sum(per_row)
+    return jnp.sum(per_row) / jnp.sum(w_y)
+
+
+def ref_categorical_ce(p, y):
+    p = jnp.clip(p / jnp.sum(p, axis=-1, keepdims=True), 1e-7, 1 - 1e-7)
+    return -jnp.sum(y * jnp.log(p), axis=-1)
+
+
+# ---------------------------------------------------------------------------------
+# 1. Values: optax conformance, references, the seed's worked examples.
+
+
+class OptaxConformanceTest(parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_sigmoid_binary_cross_entropy(self):
+        got = self.variant(sbce)(LOGITS, BINARY)
+        chex.assert_trees_all_close(got, optax.losses.sigmoid_binary_cross_entropy(
+            LOGITS, BINARY), rtol=1e-6)
+        got = self.variant(sbce)(LOGITS, SOFT)
+        chex.assert_trees_all_close(got, optax.losses.sigmoid_binary_cross_entropy(
+            LOGITS, SOFT), rtol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_softmax_cross_entropy(self):
+        for where in (None, CLASS_MASK, ROW_MASK):
+            got = self.variant(functools.partial(sce, where=where))(LOGITS, SOFT)
+            want = optax.losses.softmax_cross_entropy(LOGITS, SOFT, where=where)
+            chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_softmax_cross_entropy_with_integer_labels(self):
+        for where in (None, CLASS_MASK, ROW_MASK):
+            got = self.variant(functools.partial(ice, where=where))(LOGITS, LABELS)
+            want = optax.losses.softmax_cross_entropy_with_integer_labels(
+                LOGITS, LABELS, where=where)
+            chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+
+    def test_other_axes(self):
+        logits = LOGITS.reshape(2, 4, C).transpose(0, 2, 1)  # classes on axis 1
+        labels = LABELS.reshape(2, 4)
+        chex.assert_trees_all_close(
+            ice(logits, labels, axis=1),
+            optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, axis=1),
+            rtol=1e-6)
+        chex.assert_trees_all_close(
+            sce(logits, SOFT.reshape(2, 4, C).transpose(0, 2, 1), axis=1),
+            optax.losses.softmax_cross_entropy(
+                logits, SOFT.reshape(2, 4, C).transpose(0, 2, 1), axis=1), rtol=1e-6)
+        multi = LOGITS.reshape(N, 1, C)
+        chex.assert_trees_all_close(
+            ice(multi, LABELS, axis=(1, 2)),
+            optax.losses.softmax_cross_entropy_with_integer_labels(multi, LABELS, axis=(1, 2)),
+            rtol=1e-6)
+
+    def test_gradients_equal_optax(self):
+        chex.assert_trees_all_close(
+            jax.grad(lambda x: ice(x, LABELS).sum())(LOGITS),
+            jax.grad(lambda x: optax.losses.softmax_cross_entropy_with_integer_labels(
+                x, LABELS).sum())(LOGITS), rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(
+            jax.grad(lambda x: sce(x, SOFT).sum())(LOGITS),
+            jax.grad(lambda x: optax.losses.softmax_cross_entropy(x, SOFT).sum())(LOGITS),
+            rtol=1e-5, atol=1e-7)
+        chex.assert_trees_all_close(
+            jax.grad(lambda x: sbce(x, SOFT).sum())(LOGITS),
+            jax.grad(lambda x: optax.losses.sigmoid_binary_cross_entropy(x, SOFT).sum())(
+                LOGITS), rtol=1e-5, atol=1e-7)
+
+
+def test_seed_binary_cross_entropy_examples():
+    # y = 1: p = 0.9 is a small loss, p = 0.1 a large one.
+    small, large = bce(jnp.array([0.9, 0.1]), jnp.array([1.0, 1.0]))
+    np.testing.assert_allclose(small, -np.log(0.9), rtol=1e-6)
+    np.testing.assert_allclose(large, -np.log(0.1), rtol=1e-6)
+    assert small < 0.11 and large > 2.3
+    # The same through the logits.
+    logits = jnp.log(jnp.array([0.9, 0.1]) / (1 - jnp.array([0.9, 0.1])))
+    chex.assert_trees_all_close(sbce(logits, jnp.ones(2)), jnp.array([small, large]),
+                                rtol=1e-5)
+
+
+def test_seed_categorical_examples():
+    cat_dog_cow = jnp.array([[0.80, 0.15, 0.05], [0.05, 0.60, 0.35]])
+    true_cat = jnp.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    good, bad = cce(cat_dog_cow, true_cat)
+    np.testing.assert_allclose(good, -np.log(0.8), rtol=1e-6)
+    np.testing.assert_allclose(bad, -np.log(0.05), rtol=1e-6)
+    assert bad > 10 * good
+    # Integer labels on the log-probabilities give the same numbers.
+    chex.assert_trees_all_close(ice(jnp.log(cat_dog_cow), jnp.array([0, 0])),
+                                jnp.array([good, bad]), rtol=1e-6)
+
+
+def test_categorical_cross_entropy_matches_keras_formula(x64):
+    p = jnp.asarray(PROBS, jnp.float64)
+    chex.assert_trees_all_close(cce(p, SOFT), ref_categorical_ce(p, jnp.asarray(SOFT, float)),
+                                rtol=1e-12)
+    clipped = jnp.array([[0.0, 1.0, 0.0]])
+    chex.assert_trees_all_close(cce(clipped, jnp.array([[1.0, 0.0, 0.0]])),
+                                jnp.array([-np.log(1e-7)]), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------
+# 2. Gradients: custom_vjp against jax.grad of the float64 reference; finite differences.
+
+
+@pytest.mark.parametrize("case", ["sbce", "sbce_pos_weight", "bce", "sce", "sce_smooth",
+                                  "ice", "ice_torch", "cce"])
+def test_vjp_matches_reference_and_finite_differences(case, x64):
+    w = jnp.asarray(WEIGHTS, jnp.float64)
+    cases = {
+        "sbce": (sbce, ref_sigmoid_bce, (LOGITS, SOFT), {}),
+        "sbce_pos_weight": (lambda x, y: sbce(x, y, pos_weight=w),
+                            lambda x, y: ref_sigmoid_bce(x, y, w), (LOGITS, BINARY), {}),
+        "bce": (bce, ref_bce, (PROBS, SOFT), {}),
+        "sce": (sce, ref_softmax_ce, (LOGITS, SOFT), {}),
+        "sce_smooth": (functools.partial(sce, label_smoothing=0.3),
+                       functools.partial(ref_softmax_ce, label_smoothing=0.3),
+                       (LOGITS, SOFT), {}),
+        "ice": (ice, lambda x, y: ref_torch_cross_entropy(x, y, reduction="none"),
+                (LOGITS, LABELS), {}),
+        "ice_torch": (
+            lambda x, y: ice(x, y, class_weights=w, label_smoothing=0.2, reduction="mean"),
+            lambda x, y: ref_torch_cross_entropy(x, y, w, label_smoothing=0.2),
+            (LOGITS, LABELS), {}),
+        "cce": (cce, ref_categorical_ce, (PROBS, SOFT), {}),
+    }
+    loss, reference, args, kwargs = cases[case]
+    err = assert_vjp_matches_reference(loss, reference, *args, **kwargs)
+    assert err < 1e-10
+    assert_finite_differences(loss, *args, **kwargs)
+
+
+def test_label_and_option_gradients(x64):
+    """Cotangents of the other differentiable inputs: soft labels, pos_weight,
+    class_weights, label smoothing."""
+    w = jnp.asarray(WEIGHTS, jnp.float64)
+    assert_vjp_matches_reference(sbce, ref_sigmoid_bce, LOGITS, SOFT, argnums=(0, 1))
+    assert_vjp_matches_reference(lambda x, y, pw: sbce(x, y, pos_weight=pw), ref_sigmoid_bce,
+                                 LOGITS, SOFT, w, argnums=(0, 1, 2))
+    assert_vjp_matches_reference(bce, ref_bce, PROBS, SOFT, argnums=(0, 1))
+    assert_vjp_matches_reference(sce, ref_softmax_ce, LOGITS, SOFT, argnums=(0, 1))
+    assert_vjp_matches_reference(cce, ref_categorical_ce, PROBS, SOFT, argnums=(0, 1))
+    assert_vjp_matches_reference(
+        lambda x, w: ice(x, LABELS, class_weights=w, label_smoothing=0.1, reduction="sum"),
+        lambda x, w: ref_torch_cross_entropy(x, LABELS, w, label_smoothing=0.1,
+                                             reduction="sum"),
+        LOGITS, w, argnums=(0, 1))
+    # The smoothing coefficient itself, through a traced value.
+    smoothing_grad = jax.grad(
+        lambda e: jaxloss.classification._integer_ce(
+            jnp.asarray(LOGITS, float), jnp.asarray(LABELS), None, e, None).sum())(0.1)
+    want = jax.grad(lambda e: ref_torch_cross_entropy(
+        jnp.asarray(LOGITS, float), LABELS, label_smoothing=e, reduction="sum"))(0.1)
+    np.testing.assert_allclose(smoothing_grad, want, rtol=1e-10)
+
+
+def test_pytorch_bce_gradient_convention(x64):
+    """BCELoss backward: (p - y) / max(p (1 - p), eps) with PyTorch's eps = float32(1e-12)
+    for every dtype (-1000000003995.80 at p = 0, y = 1 in float64, as torch gives)."""
+    p = jnp.array([1e-13, 0.3, 1 - 1e-9, 0.0, 1.0, 0.0, 1.0])
+    y = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    grad = jax.grad(lambda p: bce(p, y).sum())(p)
+    want = (p - y) / jnp.maximum(p * (1 - p), float(np.float32(1e-12)))
+    chex.assert_trees_all_close(grad, want, rtol=1e-12)
+    np.testing.assert_allclose(grad[3], -1000000003995.8029, rtol=1e-15)
+    chex.assert_trees_all_close(bce(p[3:], y[3:]), jnp.array([100.0, 100.0, 0.0, 0.0]))
+
+
+class TorchSemanticsTest(parameterized.TestCase):
+    """PyTorch CrossEntropyLoss / BCEWithLogitsLoss semantics, written out in float64."""
+
+    @parameterized.product(weighted=(False, True), smoothing=(0.0, 0.15),
+                           reduction=("none", "mean", "sum"))
+    def test_cross_entropy_options(self, weighted, smoothing, reduction):
+        with jax.enable_x64(True):
+            x = jnp.asarray(LOGITS, float)
+            labels = jnp.asarray(LABELS).at[::3].set(-100)
+            w = jnp.asarray(WEIGHTS, float) if weighted else None
+            got = ice(x, labels, class_weights=w, ignore_index=-100,
+                      label_smoothing=smoothing, reduction=reduction)
+            want = ref_torch_cross_entropy(x, labels, w, -100, smoothing, reduction)
+            chex.assert_trees_all_close(got, want, rtol=1e-12, atol=1e-14)
+            g = jax.grad(lambda x: ice(x, labels, class_weights=w, ignore_index=-100,
+                                       label_smoothing=smoothing, reduction=reduction).sum())
+            g_ref = jax.grad(lambda x: ref_torch_cross_entropy(
+                x, labels, w, -100, smoothing, reduction).sum())
+            chex.assert_trees_all_close(g(x), g_ref(x), rtol=1e-10, atol=1e-14)
+            np.testing.assert_array_equal(g(x)[::3], 0.0)  # ignored rows
+
+    def test_ignore_index_inside_class_range(self):
+        labels = jnp.asarray(LABELS).at[:3].set(2)
+        keep = np.asarray(labels) != 2
+        got = ice(LOGITS, labels, ignore_index=2, reduction="mean")
+        want = optax.losses.softmax_cross_entropy_with_integer_labels(LOGITS, labels)[keep]
+        np.testing.assert_allclose(got, want.mean(), rtol=1e-6)
+
+    def test_no_row_kept_gives_zero_and_zero_gradient(self):
+        labels = jnp.full((N,), -100)
+        for w in (None, WEIGHTS):
+            f = lambda x, w=w: ice(x, labels, ignore_index=-100, class_weights=w,  # noqa: E731
+                                   reduction="mean")
+            self.assertEqual(float(f(LOGITS)), 0.0)
+            np.testing.assert_array_equal(jax.grad(f)(LOGITS), 0.0)
+
+    def test_bce_with_logits_pos_weight(self):
+        with jax.enable_x64(True):
+            x, y, w = (jnp.asarray(a, float) for a in (LOGITS, BINARY, WEIGHTS))
+            for reduction, fn in (("none", lambda a: a), ("mean", jnp.mean), ("sum", jnp.sum)):
+                got = sbce(x, y, pos_weight=w, reduction=reduction)
+                chex.assert_trees_all_close(got, fn(ref_sigmoid_bce(x, y, w)), rtol=1e-12)
+            grad = jax.grad(lambda x: sbce(x, y, pos_weight=w).sum())(x)
+            s = jax.nn.sigmoid(x)
+            chex.assert_trees_all_close(grad, s * (w * y + 1 - y) - w * y, rtol=1e-12)
+
+    def test_label_smoothing_conventions(self):
+        # Keras: binary labels move toward 0.5.
+        chex.assert_trees_all_close(
+            sbce(LOGITS, BINARY, label_smoothing=0.2),
+            optax.losses.sigmoid_binary_cross_entropy(LOGITS, BINARY * 0.8 + 0.1), rtol=1e-6)
+        # (1 - e) onehot + e / C, optax.smooth_labels.
+        chex.assert_trees_all_close(
+            ice(LOGITS, LABELS, label_smoothing=0.2),
+            optax.losses.softmax_cross_entropy(LOGITS, optax.smooth_labels(ONEHOT, 0.2)),
+            rtol=1e-6)
+        chex.assert_trees_all_close(
+            sce(LOGITS, ONEHOT, label_smoothing=0.2),
+            optax.losses.softmax_cross_entropy(LOGITS, optax.smooth_labels(ONEHOT, 0.2)),
+            rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# 3. Extremes.
+
+
+def test_huge_logits_are_finite_and_exact():
+    x = jnp.array([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], jnp.float32)
+    labels = jnp.array([0, 2])
+    loss = ice(x, labels)
+    chex.assert_trees_all_close(loss, jnp.array([0.0, np.log(2.0)]), atol=1e-6)
+    assert_grads_finite(ice, x, labels)
+    assert_grads_finite(sce, x, jax.nn.one_hot(labels, 3))
+    assert_grads_finite(sbce, x, jnp.ones_like(x))
+    chex.assert_trees_all_close(sbce(x, jnp.ones_like(x))[0], jnp.array([0.0, 1e30, np.log(2)]))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_whole_low_precision_range(dtype):
+    top = float(jnp.finfo(dtype).max)
+    x = jnp.array([[top, -top, 0.0], [-top, 1.0, top]], dtype)
+    # Label logits 0 and top: the exact losses (top and 0) fit in float32. With the
+    # label on -top the exact loss, 2 * top, does not: it comes back as +inf.
+    labels = jnp.array([2, 2])
+    for loss, target in ((ice, labels), (sce, jax.nn.one_hot(labels, 3)),
+                         (sbce, jnp.ones((2, 3)))):
+        out = loss(x, target)
+        assert out.dtype == jnp.float32
+        assert_grads_finite(loss, x, target)
+        assert jax.grad(lambda x, loss=loss, t=target: loss(x, t).sum())(x).dtype == dtype
+
+
+def test_bf16_logits_of_1e4_accumulate_in_float32():
+    x = jnp.array([[1e4, -1e4, 3.0e3, 9.0e3], [1.2e4, 1.19e4, -5.0, 0.0]], jnp.bfloat16)
+    labels = jnp.array([2, 1])
+    loss = ice(x, labels)
+    assert loss.dtype == jnp.float32
+    rounded = x.astype(jnp.float32)
+    chex.assert_trees_all_close(loss, ice(rounded, labels), rtol=1e-7)
+    # 1e4 and 1e4 - 30 both round to 9984 in bf16: the exact loss of the rounded
+    # logits is log 2; optax, accumulating in bf16, rounds it to 0.
+    tie = jnp.array([[1e4, 1e4 - 30]], jnp.bfloat16)
+    np.testing.assert_allclose(ice(tie, jnp.array([1])), [np.log(2.0)], rtol=1e-6)
+    assert float(optax.losses.softmax_cross_entropy_with_integer_labels(
+        tie, jnp.array([1]))[0]) == 0.0
+    grad = jax.grad(lambda x: ice(x, labels).sum())(x)
+    assert grad.dtype == jnp.bfloat16
+    chex.assert_trees_all_close(grad.astype(jnp.float32),
+                                jax.grad(lambda x: ice(x, labels).sum())(rounded), atol=1e-2)
+    chex.assert_trees_all_close(sce(x, jax.nn.one_hot(labels, 4)), loss)
+
+
+def test_neg_inf_masked_classes():
+    x = jnp.array([[2.0, -jnp.inf, 0.5, -jnp.inf], [-jnp.inf, 1.0, 3.0, 0.0]])
+    labels = jnp.array([0, 2])
+    onehot = jax.nn.one_hot(labels, 4)
+    finite_x = jnp.array([[2.0, 0.5], [1.0, 3.0]])
+    # Exactly the loss over the classes that exist (optax gives NaN for sce here).
+    chex.assert_trees_all_close(sce(x, onehot)[0], ice(finite_x, jnp.array([0, 1]))[0])
+    chex.assert_trees_all_close(ice(x, labels)[0], ice(finite_x, jnp.array([0, 1]))[0])
+    assert jnp.isnan(optax.losses.softmax_cross_entropy(x, onehot)[0])
+    for smoothing in (0.0, 0.3):
+        for loss, target in ((ice, labels), (sce, onehot)):
+            f = lambda x, loss=loss, t=target, e=smoothing: loss(  # noqa: E731
+                x, t, label_smoothing=e).sum()
+            chex.assert_tree_all_finite(f(x))
+            g = jax.grad(f)(x)
+            chex.assert_tree_all_finite(g)
+            np.testing.assert_array_equal(np.asarray(g)[np.isneginf(x)], 0.0)
+    # No smoothing mass on masked classes: row 0 smooths over its 2 live classes.
+    smoothed = ice(x[:1], labels[:1], label_smoothing=0.3)
+    want = ref_softmax_ce(finite_x[:1], jnp.array([[1.0, 0.0]]), label_smoothing=0.3)
+    chex.assert_trees_all_close(smoothed, want, rtol=1e-6)
+
+
+def test_sigmoid_infinite_logits_limits():
+    x = jnp.array([jnp.inf, jnp.inf, -jnp.inf, -jnp.inf, jnp.inf])
+    y = jnp.array([1.0, 0.0, 0.0, 1.0, 0.5])
+    loss = sbce(x, y)
+    np.testing.assert_array_equal(loss, [0.0, jnp.inf, 0.0, jnp.inf, jnp.inf])
+    grad = jax.grad(lambda x: sbce(x, y).sum())(x)
+    np.testing.assert_array_equal(grad, jax.nn.sigmoid(x) - y)
+    grad_w = jax.grad(lambda x: sbce(x, y, pos_weight=3.0).sum())(x)
+    chex.assert_tree_all_finite(grad_w)
+
+
+def test_probabilities_zero_and_one():
+    p = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    y = jnp.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    for loss in (bce, cce):
+        assert_grads_finite(loss, p, y)
+    np.testing.assert_allclose(bce(p, y), [[100.0, 100.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_nan_in_nan_out():
+    x = LOGITS.copy()
+    x[1, 2] = np.nan
+    for loss, target in ((ice, LABELS), (sce, SOFT), (sbce, SOFT)):
+        out = np.asarray(loss(x, target))
+        assert np.isnan(out[1]).any()
+        assert np.isfinite(np.delete(out, 1, axis=0)).all()
+    p = PROBS.copy()
+    p[1, 2] = np.nan
+    assert np.isnan(np.asarray(bce(p, SOFT))[1, 2]) and np.isnan(cce(p, SOFT)[1])
+
+
+def test_out_of_range_label_gives_nan():
+    labels = LABELS.copy()
+    labels[3] = C
+    out = ice(LOGITS, labels)
+    assert np.isnan(out[3]) and np.isfinite(np.delete(np.asarray(out), 3)).all()
+    assert np.isnan(jax.grad(lambda x: ice(x, labels).sum())(LOGITS)[3]).all()
+
+
+def _per_row_and_grad(loss):
+    """Per-row losses and the gradient of their sum, one compile per loss."""
+    return jax.jit(lambda x: (loss(x), jax.grad(lambda x: loss(x).sum())(x)))
+
+
+_PROPERTY_LOSSES = {
+    "ice": _per_row_and_grad(lambda x: ice(x, jnp.array([0, 3, 1]))),
+    "ice_options": _per_row_and_grad(
+        lambda x: ice(x, jnp.array([0, 3, 1]), label_smoothing=0.1,
+                      class_weights=jnp.array([1.0, 2.0, 0.5, 1.0]))),
+    "sce": _per_row_and_grad(
+        lambda x: sce(x, jnp.full((3, 4), 0.25), label_smoothing=0.1)),
+    "sbce": _per_row_and_grad(
+        lambda x: sbce(x, jnp.full((3, 4), 0.3), pos_weight=2.0)),
+}
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, (3, 4), elements=st.floats(
+    width=32, allow_nan=False, allow_infinity=False)))
+def test_property_finite_logits_give_finite_loss_and_gradient(x):
+    # A row's cross-entropy is at most (its max logit - min logit) + log C, so it is
+    # finite wherever that bound fits in float32; beyond it the exact loss itself
+    # exceeds float32 and +inf is its correct rounding. The gradient is always finite.
+    spread = np.ptp(x.astype(np.float64), axis=-1)
+    representable = spread * 2.5 + 10 < F32_MAX
+    for name, f in _PROPERTY_LOSSES.items():
+        losses, grad = f(x)
+        losses = np.asarray(losses).reshape(3, -1)
+        assert np.isfinite(losses[representable]).all(), (name, x)
+        assert np.isfinite(grad).all(), (name, x)
+
+
+# ---------------------------------------------------------------------------------
+# 4. Composition: jit, vmap, grad, hessian, pmap, sharded inputs.
+
+
+def test_vmap_matches_batch():
+    for loss, target in ((ice, LABELS), (sce, SOFT), (sbce, SOFT)):
+        chex.assert_trees_all_close(jax.vmap(loss)(LOGITS, target), loss(LOGITS, target),
+                                    rtol=1e-6)
+    chex.assert_trees_all_close(jax.vmap(cce)(PROBS, SOFT), cce(PROBS, SOFT), rtol=1e-6)
+    grads = jax.vmap(jax.grad(lambda x, y: ice(x[None], y[None]).sum()))(LOGITS, LABELS)
+    chex.assert_trees_all_close(grads, jax.grad(lambda x: ice(x, LABELS).sum())(LOGITS),
+                                rtol=1e-6)
+
+
+def test_hessian(x64):
+    x = jnp.asarray(LOGITS[:2], float)
+    labels = jnp.asarray(LABELS[:2])
+    h = jax.hessian(lambda x: ice(x, labels, label_smoothing=0.1).sum())(x)
+    h_ref = jax.hessian(lambda x: ref_softmax_ce(
+        x, jax.nn.one_hot(labels, C), label_smoothing=0.1).sum())(x)
+    chex.assert_trees_all_close(h, h_ref, rtol=1e-9, atol=1e-12)
+    h = jax.jacrev(jax.jacrev(lambda x: sbce(x, jnp.asarray(SOFT[:2], float)).sum()))(x)
+    h_ref = jax.hessian(lambda x: ref_sigmoid_bce(x, jnp.asarray(SOFT[:2], float)).sum())(x)
+    chex.assert_trees_all_close(h, h_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_forward_mode_is_not_supported_through_custom_vjp():
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: ice(x, LABELS), (LOGITS,), (LOGITS,))
+
+
+class VariantsTest(chex.TestCase):
+    """chex's variants, with_pmap included (it replicates the arguments to every device
+    and returns the first device's output)."""
+
+    @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+    def test_value_and_grad(self):
+        def f(x, t):
+            return ice(x, t, class_weights=WEIGHTS, label_smoothing=0.1, reduction="mean")
+
+        value, grad = self.variant(jax.value_and_grad(f))(LOGITS, LABELS)
+        want_value, want_grad = jax.value_and_grad(f)(LOGITS, LABELS)
+        chex.assert_trees_all_close(value, want_value, rtol=1e-6)
+        chex.assert_trees_all_close(grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_pmap_over_batch_shards():
+    n = jax.device_count()
+    assert n == 4
+    x = jnp.asarray(LOGITS[: 2 * n].reshape(n, 2, C))
+    labels = jnp.asarray(LABELS[: 2 * n].reshape(n, 2))
+
+    @functools.partial(jax.pmap, axis_name="i")
+    def step(x, labels):
+        loss, grad = jax.value_and_grad(lambda x: ice(x, labels, reduction="mean"))(x)
+        return jax.lax.pmean(loss, "i"), grad
+
+    loss, grad = step(x, labels)
+    flat_loss, flat_grad = jax.value_and_grad(
+        lambda x: ice(x, labels.reshape(-1), reduction="mean"))(x.reshape(-1, C))
+    chex.assert_trees_all_close(loss, jnp.full((n,), flat_loss), rtol=1e-6)
+    chex.assert_trees_all_close(grad.reshape(-1, C) / n, flat_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return jax.make_mesh((4,), ("data",))
+
+
+def test_sharded_inputs(mesh):
+    rows = NamedSharding(mesh, P("data"))
+    put = functools.partial(jax.device_put, device=rows)
+    cases = [
+        (lambda x, t: ice(x, t, class_weights=WEIGHTS, label_smoothing=0.1,
+                          ignore_index=1, reduction="mean"), LOGITS, LABELS),
+        (lambda x, t: sce(x, t, where=CLASS_MASK, reduction="sum"), LOGITS, SOFT),
+        (lambda x, t: sbce(x, t, pos_weight=WEIGHTS, reduction="mean"), LOGITS, BINARY),
+        (lambda x, t: bce(x, t, reduction="mean"), PROBS, BINARY),
+        (lambda x, t: cce(x, t, reduction="mean"), PROBS, SOFT),
+        (lambda x, t: ice(x, t), LOGITS, LABELS),
+    ]
+    for loss, x, t in cases:
+        f = jax.jit(jax.value_and_grad(lambda x, t, loss=loss: loss(x, t).sum()))
+        value, grad = f(put(x), put(t))
+        want_value, want_grad = f(x, t)
+        chex.assert_trees_all_close(value, want_value, rtol=1e-6)
+        chex.assert_trees_all_close(grad, want_grad, rtol=1e-6, atol=1e-7)
+        assert grad.sharding.spec[0] == "data"
+
+
+# ---------------------------------------------------------------------------------
+# 5. Bad input.
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: ice(LOGITS, LABELS.astype(np.float32)), TypeError, ["labels", "integer"]),
+    (lambda: ice(LOGITS.astype(np.int32), LABELS), TypeError, ["logits", "floating"]),
+    (lambda: ice(LOGITS, LABELS[:3]), ValueError, ["labels", "(3,)", "(8,)"]),
+    (lambda: ice(LOGITS, LABELS, class_weights=WEIGHTS[:3]), ValueError, ["class_weights"]),
+    (lambda: ice(LOGITS, LABELS, reduction="avg"), ValueError, ["reduction", "avg"]),
+    (lambda: ice(LOGITS, LABELS, label_smoothing=1.5), ValueError, ["label_smoothing"]),
+    (lambda: ice(LOGITS, LABELS, axis=3), ValueError, ["axis"]),
+    (lambda: ice(LOGITS, LABELS, where=CLASS_MASK.astype(int)), TypeError, ["where"]),
+    (lambda: sce(LOGITS, SOFT[:, :3]), ValueError, ["labels", "logits"]),
+    (lambda: sce(LOGITS, SOFT, label_smoothing=-0.1), ValueError, ["label_smoothing"]),
+    (lambda: sbce(LOGITS, BINARY[:3]), ValueError, ["labels", "logits"]),
+    (lambda: sbce(LOGITS, BINARY, pos_weight=WEIGHTS[:2]), ValueError, ["pos_weight"]),
+    (lambda: sbce(LOGITS, BINARY, reduction=None), ValueError, ["reduction"]),
+    (lambda: bce(LABELS, LABELS), TypeError, ["probabilities"]),
+    (lambda: cce(PROBS, SOFT[:3]), ValueError, ["labels", "probabilities"]),
+])
+def test_bad_input(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_checked_raises_on_bad_values():
+    checked_ice = jaxloss.checked(ice)
+    chex.assert_trees_all_close(checked_ice(LOGITS, LABELS), ice(LOGITS, LABELS))
+    with pytest.raises(checkify.JaxRuntimeError, match="labels must be class ids in"):
+        checked_ice(LOGITS, LABELS.at[2].set(7) if hasattr(LABELS, "at") else
+                    np.where(np.arange(N) == 2, 7, LABELS))
+    # ignore_index is a valid value.
+    checked_ice(LOGITS, np.where(np.arange(N) == 2, -100, LABELS), ignore_index=-100)
+    with pytest.raises(checkify.JaxRuntimeError, match="probabilities must lie in"):
+        jaxloss.checked(bce)(PROBS + 1.0, BINARY)
+    with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
+        jaxloss.checked(sbce)(LOGITS, BINARY * 2)
+    nan_logits = LOGITS.copy()
+    nan_logits[0, 0] = np.nan
+    with pytest.raises(checkify.JaxRuntimeError, match="logits contains 1 NaN"):
+        jaxloss.checked(sce)(nan_logits, SOFT)
+    with pytest.raises(checkify.JaxRuntimeError, match="predictions contains"):
+        jaxloss.checked(jaxloss.mse)(nan_logits, LOGITS)
+
+
+if __name__ == "__main__":
+    absltest.main()
