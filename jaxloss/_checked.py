@@ -75,7 +75,7 @@ def checked(loss: F) -> F:
     wrapped loss checks, with ``jax.experimental.checkify``, that no floating input is
     NaN and, for the built-in losses, that each argument lies in its domain
     (probabilities and binary labels in [0, 1], integer labels in ``[0, C)`` or
-    ``ignore_index``, weights >= 0), then raises ``checkify.JaxRuntimeError`` naming
+    ``ignore_index``, weights >= 0), then raises ``checkify.JaxRuntimeError`` (a ValueError) naming
     the argument. It is for debugging and data validation: it costs a pass over the
     inputs and cannot itself be called under ``jit``.
 
