@@ -92,6 +92,23 @@ def broadcast_shapes(names: Sequence[str], *arrays: jax.Array) -> tuple[int, ...
         raise ValueError(f"shapes do not broadcast together: {got}") from None
 
 
+def broadcasts_to(first_name: str, first: jax.Array, **others: jax.Array | None) -> None:
+    """Each of ``others`` (None skipped) must broadcast to the shape of ``first``."""
+    target = tuple(first.shape)
+    for name, other in others.items():
+        if other is None:
+            continue
+        try:
+            fits = tuple(np.broadcast_shapes(tuple(other.shape), target)) == target
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{name} must broadcast to the shape of {first_name} {target}, "
+                f"got {describe(other)}"
+            )
+
+
 def same_shape(name: str, x: jax.Array, expected: tuple[int, ...], what: str) -> None:
     if tuple(x.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {describe(x)}")

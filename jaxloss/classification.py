@@ -29,7 +29,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _validate
-from jaxloss._checked import check_in_range, check_labels, check_not_nan, register_checks
+from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._reduce import Reduction, weighted_reduce
 
 __all__ = [
@@ -92,7 +92,6 @@ _sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
 
 def _check_sigmoid_bce(logits, labels, *, pos_weight=None, label_smoothing=0.0, where=None,
                        reduction="none"):
-    check_not_nan("logits", logits)
     check_in_range("labels", labels, 0, 1)
     if pos_weight is not None:
         check_in_range("pos_weight", pos_weight, 0, None)
@@ -146,17 +145,11 @@ def sigmoid_binary_cross_entropy(
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
     dtype = _validate.compute_dtype(logits.dtype)
-    named = {"logits": logits, "labels": labels}
     if pos_weight is not None:
-        named["pos_weight"] = pos_weight = _validate.numeric("pos_weight", pos_weight)
-    if where is not None:
-        named["where"] = where
-    shape = _validate.broadcast_shapes(tuple(named), *named.values())
-    if shape != tuple(logits.shape):
-        raise ValueError(
-            f"labels, pos_weight and where must broadcast to the shape of logits "
-            f"{tuple(logits.shape)}; together they broadcast to {shape}"
-        )
+        pos_weight = _validate.numeric("pos_weight", pos_weight)
+    _validate.broadcasts_to("logits", logits, labels=labels, pos_weight=pos_weight,
+                            where=where)
+    shape = logits.shape
     labels = labels.astype(dtype)
     labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
     labels = jnp.broadcast_to(labels, shape)
@@ -236,17 +229,9 @@ def binary_cross_entropy(
     labels = _validate.numeric("labels", labels)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
-    named = {"probabilities": probabilities, "labels": labels}
-    if where is not None:
-        named["where"] = where
-    shape = _validate.broadcast_shapes(tuple(named), *named.values())
-    if shape != tuple(probabilities.shape):
-        raise ValueError(
-            f"labels and where must broadcast to the shape of probabilities "
-            f"{tuple(probabilities.shape)}; together they broadcast to {shape}"
-        )
+    _validate.broadcasts_to("probabilities", probabilities, labels=labels, where=where)
     dtype = _validate.compute_dtype(probabilities.dtype)
-    labels = jnp.broadcast_to(labels.astype(dtype), shape)
+    labels = jnp.broadcast_to(labels.astype(dtype), probabilities.shape)
     losses = _bce(probabilities, labels)
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
@@ -286,6 +271,21 @@ def _class_mask(
             f"({logits_ndim - len(axes)}), got {_validate.describe(where)}"
         )
     return _classes_last(where, axis)[0]
+
+
+def _dense_inputs(
+    name: str, x: jax.Array, labels: jax.Array, where: jax.Array | None,
+    axis: int | Sequence[int], dtype: jnp.dtype,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Inputs and dense targets with the classes last, and the class mask if any."""
+    _validate.broadcasts_to(name, x, labels=labels)
+    labels = jnp.broadcast_to(labels.astype(dtype), x.shape)
+    valid = _class_mask(where, x.ndim, axis)
+    x, _ = _classes_last(x, axis)
+    labels, _ = _classes_last(labels, axis)
+    if valid is not None:
+        valid = jnp.broadcast_to(valid, x.shape)
+    return x, labels, valid
 
 
 def _log_normalizer(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -383,7 +383,6 @@ _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
 
 def _check_softmax_ce(logits, labels, *, axis=-1, where=None, label_smoothing=0.0,
                       reduction="none"):
-    check_not_nan("logits", logits)
     check_in_range("labels", labels, 0, None)
 
 
@@ -436,19 +435,8 @@ def softmax_cross_entropy(
     label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
-    shape = _validate.broadcast_shapes(("logits", "labels"), logits, labels)
-    if shape != tuple(logits.shape):
-        raise ValueError(
-            f"labels must broadcast to the shape of logits {tuple(logits.shape)}, "
-            f"got {_validate.describe(labels)}"
-        )
     dtype = _validate.compute_dtype(logits.dtype)
-    labels = jnp.broadcast_to(labels.astype(dtype), shape)
-    valid = _class_mask(where, logits.ndim, axis)
-    x, _ = _classes_last(logits, axis)
-    y, _ = _classes_last(labels, axis)
-    if valid is not None:
-        valid = jnp.broadcast_to(valid, x.shape)
+    x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype)
     smoothing = None
     if _validate.concrete_scalar(label_smoothing) != 0.0:
         smoothing = jnp.asarray(label_smoothing, dtype)
@@ -524,7 +512,6 @@ _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
 
 def _check_integer_ce(logits, labels, *, axis=-1, where=None, ignore_index=None,
                       label_smoothing=0.0, class_weights=None, reduction="none"):
-    check_not_nan("logits", logits)
     logits = jnp.asarray(logits)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     num_classes = 1
@@ -709,20 +696,10 @@ def categorical_cross_entropy(
     labels = _validate.numeric("labels", labels)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
-    shape = _validate.broadcast_shapes(("probabilities", "labels"), probabilities, labels)
-    if shape != tuple(probabilities.shape):
-        raise ValueError(
-            f"labels must broadcast to the shape of probabilities "
-            f"{tuple(probabilities.shape)}, got {_validate.describe(labels)}"
-        )
     dtype = _validate.compute_dtype(probabilities.dtype)
-    labels = jnp.broadcast_to(labels.astype(dtype), shape)
-    p, _ = _classes_last(probabilities, axis)
-    y, _ = _classes_last(labels, axis)
-    valid = _class_mask(where, probabilities.ndim, axis)
+    p, y, valid = _dense_inputs("probabilities", probabilities, labels, where, axis, dtype)
     rows = None
     if valid is not None:
-        valid = jnp.broadcast_to(valid, p.shape)
         rows = jnp.any(valid, axis=-1, keepdims=True)
         # A row with no class left gets uniform p and no target: loss 0, gradient 0.
         p = jnp.where(valid, p, jnp.where(rows, 0, 1))
