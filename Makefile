@@ -14,14 +14,14 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 test: $(VENV)/.dev-installed
-	$(BIN)/ruff check jaxloss tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
 
 demo: $(VENV)/.dev-installed
 	$(BIN)/jaxloss check
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check jaxloss tests benchmarks
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
