@@ -51,7 +51,11 @@ BCE_GRAD_EPSILON = float(np.float32(1e-12))
 
 
 def _times(coefficient: jax.Array, value: jax.Array) -> jax.Array:
-    """``coefficient * value`` with 0 * inf = 0: a term whose weight is 0 is absent."""
+    """``coefficient * value`` with 0 * inf = 0: a term whose weight is 0 is absent.
+
+    The backward passes form ``cotangent * derivative`` with it too, so an element
+    that a mask or ``ignore_index`` removed (cotangent 0) gets gradient 0 even where
+    its input is NaN or inf."""
     return jnp.where(coefficient == 0, 0, coefficient * value)
 
 
@@ -81,9 +85,9 @@ def _sigmoid_bce_bwd(residuals, g):
     logits, labels, pos_weight = residuals
     x = logits.astype(labels.dtype)
     wy = pos_weight * labels
-    d_logits = g * (jax.nn.sigmoid(x) * (wy + 1 - labels) - wy)
-    d_labels = g * (pos_weight * jax.nn.softplus(-x) - jax.nn.softplus(x))
-    d_pos_weight = g * _times(labels, jax.nn.softplus(-x))
+    d_logits = _times(g, jax.nn.sigmoid(x) * (wy + 1 - labels) - wy)
+    d_labels = _times(g, pos_weight * jax.nn.softplus(-x) - jax.nn.softplus(x))
+    d_pos_weight = _times(g, _times(labels, jax.nn.softplus(-x)))
     return d_logits.astype(logits.dtype), d_labels, d_pos_weight
 
 
@@ -180,10 +184,10 @@ def _bce_bwd(residuals, g):
     the exact derivative wherever :math:`p(1-p) > 10^{-12}` and finite at 0 and 1."""
     probabilities, labels = residuals
     p = probabilities.astype(labels.dtype)
-    d_p = g * (p - labels) / jnp.maximum(p * (1 - p), BCE_GRAD_EPSILON)
+    d_p = _times(g, (p - labels) / jnp.maximum(p * (1 - p), BCE_GRAD_EPSILON))
     log_p = jnp.maximum(jnp.log(p), BCE_LOG_CLAMP)
     log_not_p = jnp.maximum(jnp.log1p(-p), BCE_LOG_CLAMP)
-    d_labels = g * (log_not_p - log_p)
+    d_labels = _times(g, log_not_p - log_p)
     return d_p.astype(probabilities.dtype), d_labels
 
 
@@ -325,7 +329,7 @@ def _cross_entropy_grad(
 ) -> jax.Array:
     """:math:`g\\,(p \\sum_c a_c - a)`, the gradient of :math:`\\sum_c a_c(\\mathrm{lse} - x_c)`."""
     p = _softmax(x, lse, valid)
-    return g[..., None] * (p * jnp.sum(target, axis=-1, keepdims=True) - target)
+    return _times(g[..., None], p * jnp.sum(target, axis=-1, keepdims=True) - target)
 
 
 # ---------------------------------------------------------------------------------
@@ -369,12 +373,12 @@ def _softmax_ce_bwd(residuals, g):
     d_logits = _cross_entropy_grad(x, lse, valid, target, g)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
     nll = jnp.where(exists, lse - x, 0)
-    d_labels = g[..., None] * nll
+    d_labels = _times(g[..., None], nll)
     d_smoothing = None
     if smoothing is not None:
         d_labels = (1 - smoothing) * d_labels
         shift = _smoothing_support(x, valid) - labels
-        d_smoothing = jnp.sum(g[..., None] * shift * nll).astype(smoothing.dtype)
+        d_smoothing = jnp.sum(_times(g[..., None], shift * nll)).astype(smoothing.dtype)
     return d_logits.astype(logits.dtype), d_labels, d_smoothing, None
 
 
@@ -432,14 +436,14 @@ def softmax_cross_entropy(
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.numeric("labels", labels)
+    smoothing_value = _validate.concrete_scalar(label_smoothing)
     label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
     dtype = _validate.compute_dtype(logits.dtype)
     x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype)
-    smoothing = None
-    if _validate.concrete_scalar(label_smoothing) != 0.0:
-        smoothing = jnp.asarray(label_smoothing, dtype)
+    # label_smoothing is static: 0 compiles without the smoothing terms.
+    smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
     losses = _softmax_ce(x, y, smoothing, valid)
     rows = None if valid is None else jnp.any(valid, axis=-1)
     return weighted_reduce(losses, reduction, where=rows, denominator=None)
@@ -492,18 +496,20 @@ def _integer_ce_bwd(residuals, g):
     target, onehot = _integer_target(x, labels, class_weights, smoothing, valid)
     in_range = jnp.any(onehot > 0, axis=-1)
     d_logits = _cross_entropy_grad(x, lse, valid, target, g)
-    d_logits = jnp.where(in_range[..., None], d_logits, jnp.nan)
+    flagged = ~in_range & (g != 0)
+    d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
     nll = lse - x
     d_weights = d_smoothing = None
     if class_weights is not None:
         unweighted = _integer_target(x, labels, None, smoothing, valid)[0]
-        per_class = g[..., None] * _times(unweighted, nll)
+        per_class = _times(g[..., None], _times(unweighted, nll))
         d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     if smoothing is not None:
         shift = _smoothing_support(x, valid) - onehot
         if class_weights is not None:
             shift = shift * class_weights
-        d_smoothing = jnp.sum(g[..., None] * _times(shift, nll)).astype(smoothing.dtype)
+        d_smoothing = jnp.sum(_times(g[..., None], _times(shift, nll)))
+        d_smoothing = d_smoothing.astype(smoothing.dtype)
     return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None
 
 
@@ -582,6 +588,7 @@ def softmax_cross_entropy_with_integer_labels(
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.integer("labels", labels)
+    smoothing_value = _validate.concrete_scalar(label_smoothing)
     label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
@@ -597,9 +604,8 @@ def softmax_cross_entropy_with_integer_labels(
         _validate.same_shape("class_weights", class_weights, (num_classes,),
                              "one weight per class")
         class_weights = class_weights.astype(dtype)
-    smoothing = None
-    if _validate.concrete_scalar(label_smoothing) != 0.0:
-        smoothing = jnp.asarray(label_smoothing, dtype)
+    # label_smoothing is static: 0 compiles without the smoothing terms.
+    smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
 
     keep = None if valid is None else jnp.any(valid, axis=-1)
     if ignore_index is not None:
@@ -648,8 +654,8 @@ def _categorical_ce_bwd(residuals, g):
     ratio, clipped, total = _clipped(probabilities, labels.dtype)
     inside = (ratio > KERAS_EPSILON) & (ratio < 1 - KERAS_EPSILON)
     h = jnp.where(inside, -labels / clipped, 0)
-    d_p = g[..., None] * (h - jnp.sum(h * ratio, axis=-1, keepdims=True)) / total
-    d_labels = -g[..., None] * jnp.log(clipped)
+    d_p = _times(g[..., None], (h - jnp.sum(h * ratio, axis=-1, keepdims=True)) / total)
+    d_labels = _times(g[..., None], -jnp.log(clipped))
     return d_p.astype(probabilities.dtype), d_labels
 
 

@@ -24,14 +24,21 @@ def _errors(predictions: ArrayLike, targets: ArrayLike | None) -> jax.Array:
     return predictions.astype(dtype) - targets.astype(dtype)
 
 
+def _masked(errors: jax.Array, where: ArrayLike | None) -> tuple[jax.Array, jax.Array | None]:
+    """Zeroes masked errors before the loss is formed, so that a NaN or inf under the
+    mask reaches neither the value nor the gradient."""
+    where = _validate.mask("where", where)
+    if where is None:
+        return errors, None
+    shape = _validate.broadcast_shapes(("predictions", "where"), errors, where)
+    errors, where = jnp.broadcast_to(errors, shape), jnp.broadcast_to(where, shape)
+    return jnp.where(where, errors, 0), where
+
+
 def _finish(
-    losses: jax.Array, reduction: Reduction, where: ArrayLike | None, axis: Axis = None
+    losses: jax.Array, reduction: Reduction, where: jax.Array | None, axis: Axis = None
 ) -> jax.Array:
     reduction = _validate.reduction(reduction)
-    where = _validate.mask("where", where)
-    if where is not None:
-        _validate.broadcast_shapes(("losses", "where"), losses, where)
-        losses = jnp.broadcast_to(losses, jnp.broadcast_shapes(losses.shape, where.shape))
     return weighted_reduce(losses, reduction, where=where, denominator=None, axis=axis)
 
 
@@ -61,7 +68,8 @@ def squared_error(
     Returns:
       The squared errors, in ``promote_types(predictions.dtype, float32)``.
     """
-    return _finish(_errors(predictions, targets) ** 2, reduction, where)
+    errors, where = _masked(_errors(predictions, targets), where)
+    return _finish(errors**2, reduction, where)
 
 
 def l2_loss(
@@ -75,7 +83,8 @@ def l2_loss(
 
     The factor 1/2 makes the gradient :math:`\hat y - y`.
     """
-    return _finish(0.5 * _errors(predictions, targets) ** 2, reduction, where)
+    errors, where = _masked(_errors(predictions, targets), where)
+    return _finish(0.5 * errors**2, reduction, where)
 
 
 def huber_loss(
@@ -105,7 +114,7 @@ def huber_loss(
       <https://doi.org/10.1214/aoms/1177703732>`_, 1964.
     """
     _validate.positive("delta", delta)
-    errors = _errors(predictions, targets)
+    errors, where = _masked(_errors(predictions, targets), where)
     abs_errors = jnp.abs(errors)
     quadratic = jnp.minimum(abs_errors, delta)
     linear = abs_errors - quadratic
@@ -134,7 +143,8 @@ def mean_squared_error(
     """
     if targets is None:
         raise TypeError("targets must be an array, got None")
-    return _finish(_errors(predictions, targets) ** 2, "mean", where, axis)
+    errors, where = _masked(_errors(predictions, targets), where)
+    return _finish(errors**2, "mean", where, axis)
 
 
 def mean_absolute_error(
@@ -154,7 +164,8 @@ def mean_absolute_error(
     """
     if targets is None:
         raise TypeError("targets must be an array, got None")
-    return _finish(_abs(_errors(predictions, targets)), "mean", where, axis)
+    errors, where = _masked(_errors(predictions, targets), where)
+    return _finish(_abs(errors), "mean", where, axis)
 
 
 mse = mean_squared_error

@@ -416,6 +416,36 @@ def test_nan_in_nan_out():
     assert np.isnan(np.asarray(bce(p, SOFT))[1, 2]) and np.isnan(cce(p, SOFT)[1])
 
 
+def test_non_finite_input_under_a_mask_leaks_into_neither_value_nor_gradient():
+    bad = LOGITS.copy()
+    bad[1] = np.nan
+    bad[3, 2] = np.inf
+    bad_p = PROBS.copy()
+    bad_p[1] = np.nan
+    element_mask = np.ones((N, C), bool)
+    element_mask[1] = element_mask[3, 2] = False
+    row_mask = np.ones(N, bool)
+    row_mask[[1, 3]] = False
+    ignored = np.where(row_mask, LABELS, -100)
+    cases = [
+        (lambda x: sbce(x, BINARY, pos_weight=WEIGHTS, where=element_mask, reduction="mean"),
+         bad),
+        (lambda p: bce(p, BINARY, where=element_mask, reduction="mean"), bad_p),
+        (lambda x: sce(x, SOFT, where=row_mask, reduction="mean"), bad),
+        (lambda x: sce(x, SOFT, where=element_mask, reduction="sum"), bad),
+        (lambda x: ice(x, LABELS, where=row_mask, label_smoothing=0.1, reduction="mean"), bad),
+        (lambda x: ice(x, ignored, ignore_index=-100, class_weights=WEIGHTS,
+                       reduction="mean"), bad),
+        (lambda p: cce(p, SOFT, where=row_mask, reduction="mean"), bad_p),
+    ]
+    for loss, x in cases:
+        value, grad = jax.value_and_grad(loss)(x)
+        chex.assert_tree_all_finite((value, grad))
+        np.testing.assert_array_equal(np.asarray(grad)[1], 0.0)
+    # Unmasked, the same NaN does propagate.
+    assert np.isnan(jax.grad(lambda x: ice(x, LABELS).sum())(bad)[1]).all()
+
+
 def test_out_of_range_label_gives_nan():
     labels = LABELS.copy()
     labels[3] = C
