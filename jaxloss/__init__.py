@@ -14,6 +14,15 @@ from jaxloss.classification import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
+from jaxloss.contrastive import (
+    contrastive_loss,
+    contrastive_loss_from_distance,
+    info_nce,
+    make_pairs,
+    ntxent,
+    pairwise_distance,
+    triplet_margin_loss,
+)
 from jaxloss.regression import (
     huber_loss,
     l2_loss,
@@ -31,15 +40,22 @@ __all__ = [
     "binary_cross_entropy",
     "categorical_cross_entropy",
     "checked",
+    "contrastive_loss",
+    "contrastive_loss_from_distance",
     "huber_loss",
+    "info_nce",
     "l2_loss",
     "mae",
+    "make_pairs",
     "mean_absolute_error",
     "mean_squared_error",
     "mse",
+    "ntxent",
+    "pairwise_distance",
     "reduce",
     "sigmoid_binary_cross_entropy",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "squared_error",
+    "triplet_margin_loss",
 ]

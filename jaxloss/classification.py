@@ -30,6 +30,7 @@ from jax.typing import ArrayLike
 
 from jaxloss import _validate
 from jaxloss._checked import check_in_range, check_labels, register_checks
+from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
 
 __all__ = [
@@ -48,15 +49,6 @@ BCE_LOG_CLAMP = -100.0
 # PyTorch's constant is float32(1e-12) for every input dtype; the same here makes the
 # float64 gradients equal bit for bit where the clamp is active.
 BCE_GRAD_EPSILON = float(np.float32(1e-12))
-
-
-def _times(coefficient: jax.Array, value: jax.Array) -> jax.Array:
-    """``coefficient * value`` with 0 * inf = 0: a term whose weight is 0 is absent.
-
-    The backward passes form ``cotangent * derivative`` with it too, so an element
-    that a mask or ``ignore_index`` removed (cotangent 0) gets gradient 0 even where
-    its input is NaN or inf."""
-    return jnp.where(coefficient == 0, 0, coefficient * value)
 
 
 # ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _validate
+from jaxloss._math import abs0
 from jaxloss._reduce import Axis, Reduction, weighted_reduce
 
 
@@ -40,11 +41,6 @@ def _finish(
 ) -> jax.Array:
     reduction = _validate.reduction(reduction)
     return weighted_reduce(losses, reduction, where=where, denominator=None, axis=axis)
-
-
-def _abs(x: jax.Array) -> jax.Array:
-    # x * sign(x) is |x| with PyTorch's subgradient 0 at x = 0 (jnp.abs gives 1 there).
-    return x * jnp.sign(x)
 
 
 def squared_error(
@@ -165,7 +161,7 @@ def mean_absolute_error(
     if targets is None:
         raise TypeError("targets must be an array, got None")
     errors, where = _masked(_errors(predictions, targets), where)
-    return _finish(_abs(errors), "mean", where, axis)
+    return _finish(abs0(errors), "mean", where, axis)
 
 
 mse = mean_squared_error

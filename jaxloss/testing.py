@@ -9,6 +9,7 @@ compared with ``jax.grad`` of a naive reference, and with finite differences thr
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -151,6 +152,7 @@ class CheckCase:
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     extremes: tuple[tuple[Any, ...], ...] = ()
     custom_vjp: bool = True
+    argnums: tuple[int, ...] = (0,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +210,40 @@ def _ref_huber(p, t, *, delta=1.0, **_):
     return jnp.where(e <= delta, 0.5 * e**2, delta * (e - 0.5 * delta))
 
 
+def _ref_distance(a, b):
+    return jnp.sqrt(jnp.sum((a - b) ** 2, axis=-1))
+
+
+def _ref_contrastive(a, b, y, *, margin=1.0, **_):
+    d = _ref_distance(a, b)
+    return 0.5 * (y * d**2 + (1 - y) * jnp.maximum(margin - d, 0) ** 2)
+
+
+def _ref_triplet(a, p, n, *, margin=1.0, norm_degree=2, eps=1e-6, **_):
+    def dist(x, y):
+        return jnp.sum(jnp.abs(x - y + eps) ** norm_degree, axis=-1) ** (1 / norm_degree)
+
+    return jnp.maximum(dist(a, p) - dist(a, n) + margin, 0)
+
+
+def _ref_ntxent(e, labels, temperature=0.07):
+    unit = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+    s = unit @ unit.T / temperature
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~jnp.eye(len(labels), dtype=bool)
+    negatives = jnp.sum(jnp.where(same, 0, jnp.exp(s)), axis=-1, keepdims=True)
+    per_pair = -jnp.log(jnp.exp(s) / (jnp.exp(s) + negatives))
+    return jnp.sum(jnp.where(positive, per_pair, 0)) / jnp.sum(positive)
+
+
+def _ref_info_nce(q, k, *, temperature=0.07, symmetric=False, **_):
+    s = q @ k.T / temperature
+    rows = jnp.log(jnp.sum(jnp.exp(s), axis=1)) - jnp.diag(s)
+    if not symmetric:
+        return rows
+    return 0.5 * (rows + jnp.log(jnp.sum(jnp.exp(s), axis=0)) - jnp.diag(s))
+
+
 def builtin_cases(seed: int = 0) -> list[CheckCase]:
     """The cases ``jaxloss check`` runs: one per built-in loss (and option set)."""
     rng = np.random.default_rng(seed)
@@ -229,6 +265,11 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
     two_onehot = np.eye(c, dtype=f32)[two_labels]
     edge_p = np.array([[0.0, 1.0, 1e-30, 1 - 1e-7, 0.5]] * 2, f32)
     edge_y = np.array([[1.0, 0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0, 0.0]], f32)
+    emb_a, emb_b, emb_n = (rng.normal(size=(n, 4)) for _ in range(3))
+    similar = np.array([1.0, 0.0] * (n // 2))
+    groups = np.array([0, 0, 1, 1, 2, 2])
+    same = np.ones((2, 4), f32)  # distance 0, both labels
+    bf16_emb = jnp.asarray(rng.normal(size=(4, 4)) * 100, jnp.bfloat16)
 
     return [
         CheckCase("squared_error", jaxloss.squared_error, _ref_squared, (preds, targets),
@@ -273,6 +314,27 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
                   extremes=((masked, two_labels), (big, two_labels))),
         CheckCase("categorical_cross_entropy", jaxloss.categorical_cross_entropy,
                   _ref_categorical_ce, (probs, soft), extremes=((edge_p, two_onehot),)),
+        CheckCase("pairwise_distance", jaxloss.pairwise_distance, _ref_distance,
+                  (emb_a, emb_b), argnums=(0, 1), extremes=((same, same),)),
+        CheckCase("contrastive_loss", jaxloss.contrastive_loss, _ref_contrastive,
+                  (emb_a, emb_b, similar), {"margin": 2.0}, argnums=(0, 1),
+                  extremes=((same, same, np.array([1.0, 0.0])),
+                            (bf16_emb, bf16_emb, np.array([1.0, 0.0, 1.0, 0.0])))),
+        CheckCase("triplet_margin_loss", jaxloss.triplet_margin_loss, _ref_triplet,
+                  (emb_a, emb_b, emb_n), {"margin": 3.0}, argnums=(0, 1, 2),
+                  custom_vjp=False, extremes=((same, same, same),)),
+        CheckCase("triplet_margin_loss[norm_degree=1]", jaxloss.triplet_margin_loss,
+                  _ref_triplet, (emb_a, emb_b, emb_n), {"margin": 3.0, "norm_degree": 1},
+                  argnums=(0, 1, 2), custom_vjp=False, extremes=((same, same, same),)),
+        CheckCase("ntxent", jaxloss.ntxent, _ref_ntxent, (emb_a, groups), custom_vjp=False,
+                  extremes=((same, np.array([0, 1])), (bf16_emb, np.array([0, 0, 1, 1])))),
+        CheckCase("info_nce", jaxloss.info_nce, _ref_info_nce, (emb_a, emb_b),
+                  {"temperature": 0.5}, argnums=(0, 1),
+                  extremes=((same, same), (bf16_emb, bf16_emb))),
+        CheckCase("info_nce[symmetric,chunked]",
+                  functools.partial(jaxloss.info_nce, symmetric=True, chunk_size=4),
+                  _ref_info_nce, (emb_a, emb_b), {"temperature": 0.5, "symmetric": True},
+                  argnums=(0, 1), extremes=((bf16_emb, bf16_emb),)),
     ]
 
 
@@ -280,17 +342,18 @@ def run_case(case: CheckCase) -> CheckResult:
     error, rel, fd, extremes = "", float("nan"), False, False
     try:
         rel = assert_vjp_matches_reference(case.loss, case.reference, *case.args,
-                                           rtol=1e-7, atol=1e-10, **case.kwargs)
+                                           argnums=case.argnums, rtol=1e-7, atol=1e-10,
+                                           **case.kwargs)
     except AssertionError as e:
         error = f"gradient differs from jax.grad of the reference: {str(e)[:200]}"
     try:
-        assert_finite_differences(case.loss, *case.args, **case.kwargs)
+        assert_finite_differences(case.loss, *case.args, argnums=case.argnums, **case.kwargs)
         fd = True
     except AssertionError as e:
         error = error or f"finite differences: {str(e)[:200]}"
     try:
         for args in case.extremes:
-            assert_grads_finite(case.loss, *args, **case.kwargs)
+            assert_grads_finite(case.loss, *args, argnums=case.argnums, **case.kwargs)
         extremes = True
     except AssertionError as e:
         error = error or f"extremes: {str(e)[:200]}"

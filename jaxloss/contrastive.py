@@ -1,0 +1,622 @@
+"""Contrastive and metric-learning losses: pairwise distances, the contrastive loss of
+Siamese networks, triplet margin, NT-Xent and InfoNCE, and pair sampling.
+
+The naive Euclidean distance ``jnp.linalg.norm(a - b)`` has a NaN gradient at
+``a == b``, exactly where a Siamese network starts (both towers share weights, so a
+pair of identical inputs has distance 0). Here the distance carries a
+``jax.custom_vjp`` that returns PyTorch's subgradient 0 there, and every loss built on
+it inherits a finite gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxloss import _validate
+from jaxloss._checked import check_in_range, register_checks
+from jaxloss._math import abs0
+from jaxloss._math import safe_divide as _safe_divide
+from jaxloss._math import safe_sqrt as _safe_sqrt
+from jaxloss._math import times as _times
+from jaxloss._reduce import Reduction, weighted_reduce
+
+__all__ = [
+    "contrastive_loss",
+    "contrastive_loss_from_distance",
+    "info_nce",
+    "make_pairs",
+    "ntxent",
+    "pairwise_distance",
+    "triplet_margin_loss",
+]
+
+Metric = Literal["euclidean", "squared_euclidean", "cosine"]
+METRICS = ("euclidean", "squared_euclidean", "cosine")
+
+
+# ---------------------------------------------------------------------------------
+# Distances.
+
+
+@jax.custom_vjp
+def _euclidean(a: jax.Array, b: jax.Array, eps: jax.Array) -> jax.Array:
+    r""":math:`d = \lVert a - b + \epsilon \rVert_2` over the last axis."""
+    return jnp.sqrt(jnp.sum(jnp.square(a - b + eps), axis=-1))
+
+
+def _euclidean_fwd(a, b, eps):
+    d = _euclidean(a, b, eps)
+    return d, (a, b, eps, d)
+
+
+def _euclidean_bwd(residuals, g):
+    r""":math:`\partial d/\partial a = (a - b + \epsilon)/d`, and 0 at :math:`d = 0`
+    (PyTorch's subgradient of the norm)."""
+    a, b, eps, d = residuals
+    d_a = _safe_divide(g, d)[..., None] * (a - b + eps)
+    return d_a, -d_a, jnp.sum(d_a).astype(eps.dtype)
+
+
+_euclidean.defvjp(_euclidean_fwd, _euclidean_bwd)
+
+
+def _lp_distance(a: jax.Array, b: jax.Array, p: float, eps: jax.Array) -> jax.Array:
+    r""":math:`\lVert a - b + \epsilon \rVert_p` with a zero gradient at distance 0."""
+    if p == 2:
+        return _euclidean(a, b, eps)
+    x = a - b + eps
+    if p == 1:
+        return jnp.sum(abs0(x), axis=-1)
+    total = jnp.sum(jnp.abs(x) ** p, axis=-1)
+    positive = total > 0
+    return jnp.where(positive, jnp.where(positive, total, 1) ** (1 / p), 0)
+
+
+def _cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+    """1 - cosine similarity; a zero vector has similarity 0 (distance 1), gradient 0."""
+    norms = _safe_sqrt(jnp.sum(a * a, axis=-1)) * _safe_sqrt(jnp.sum(b * b, axis=-1))
+    return 1 - _safe_divide(jnp.sum(a * b, axis=-1), norms)
+
+
+def _embedding_pair(
+    names: tuple[str, str], a: ArrayLike, b: ArrayLike, axis: int
+) -> tuple[jax.Array, jax.Array]:
+    """Two float embeddings broadcast together, feature axis last, in the compute dtype."""
+    a = _validate.floating(names[0], a)
+    b = _validate.floating(names[1], b)
+    shape = _validate.broadcast_shapes(names, a, b)
+    if not shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have a feature axis, got scalars")
+    axis = _validate.canonical_axis("axis", axis, len(shape))
+    dtype = _validate.compute_dtype(a.dtype, b.dtype)
+    a = jnp.moveaxis(jnp.broadcast_to(a, shape), axis, -1).astype(dtype)
+    b = jnp.moveaxis(jnp.broadcast_to(b, shape), axis, -1).astype(dtype)
+    return a, b
+
+
+def _distance(a: jax.Array, b: jax.Array, metric: str) -> jax.Array:
+    if metric == "euclidean":
+        return _euclidean(a, b, jnp.zeros((), a.dtype))
+    if metric == "squared_euclidean":
+        return jnp.sum(jnp.square(a - b), axis=-1)
+    if metric == "cosine":
+        return _cosine_distance(a, b)
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "axis"))
+def pairwise_distance(
+    a: ArrayLike, b: ArrayLike, *, metric: Metric = "euclidean", axis: int = -1
+) -> jax.Array:
+    r"""Distance between paired embeddings along ``axis``.
+
+    - ``"euclidean"``: :math:`\lVert a - b \rVert_2` (``torch.nn.functional.
+      pairwise_distance`` with ``eps=0``);
+    - ``"squared_euclidean"``: :math:`\lVert a - b \rVert_2^2`;
+    - ``"cosine"``: :math:`1 - \frac{a \cdot b}{\lVert a \rVert \lVert b \rVert}`, with
+      similarity 0 (distance 1) when a vector is 0.
+
+    The gradient is 0, not NaN, where ``a == b`` (Euclidean) or a vector is 0 (cosine):
+    PyTorch's subgradient convention.
+
+    Args:
+      a, b: embeddings, broadcastable to each other.
+      metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+      axis: the feature axis.
+
+    Returns:
+      The distances, the broadcast shape without ``axis``.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    a, b = _embedding_pair(("a", "b"), a, b, axis)
+    return _distance(a, b, metric)
+
+
+# ---------------------------------------------------------------------------------
+# The contrastive loss (Hadsell, Chopra & LeCun).
+
+
+def _contrastive_terms(distances: jax.Array, similar: jax.Array, margin: jax.Array) -> jax.Array:
+    hinge = jnp.maximum(margin - distances, 0)
+    return 0.5 * (similar * jnp.square(distances) + (1 - similar) * jnp.square(hinge))
+
+
+def _similar_labels(similar: ArrayLike, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    similar = _validate.numeric("similar", similar)
+    if _validate.broadcast_shapes(("distances", "similar"), jnp.empty(shape), similar) != shape:
+        raise ValueError(
+            f"similar must broadcast to the {shape} pairs, got {_validate.describe(similar)}"
+        )
+    return jnp.broadcast_to(similar.astype(dtype), shape)
+
+
+def _check_contrastive_from_distance(distances, similar, **_):
+    check_in_range("distances", distances, 0, None)
+    check_in_range("similar", similar, 0, 1)
+
+
+def _check_contrastive(embeddings_a, embeddings_b, similar, **_):
+    check_in_range("similar", similar, 0, 1)
+
+
+@register_checks(_check_contrastive_from_distance)
+@functools.partial(jax.jit, static_argnames=("reduction",))
+def contrastive_loss_from_distance(
+    distances: ArrayLike,
+    similar: ArrayLike,
+    *,
+    margin: ArrayLike = 1.0,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""The contrastive loss of precomputed distances.
+
+    .. math::
+      \ell(d, y) = \tfrac12\bigl[y\,d^2 + (1 - y)\max(m - d, 0)^2\bigr]
+
+    with :math:`y = 1` for a similar pair. TensorFlow Addons' ``ContrastiveLoss`` takes
+    the same :math:`d` but has no factor :math:`\tfrac12`: its values are twice these.
+
+    Args:
+      distances: non-negative distances, one per pair.
+      similar: 1 (or True) for a similar pair, 0 for a dissimilar one.
+      margin: :math:`m \ge 0`, the distance beyond which a dissimilar pair costs nothing.
+      where: boolean mask of the pairs to include.
+      reduction: ``"none"`` (default), ``"mean"`` or ``"sum"``.
+    """
+    distances = _validate.floating("distances", distances)
+    _validate.non_negative("margin", margin)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    _validate.broadcasts_to("distances", distances, where=where)
+    dtype = _validate.compute_dtype(distances.dtype)
+    similar = _similar_labels(similar, tuple(distances.shape), dtype)
+    losses = _contrastive_terms(distances.astype(dtype), similar, jnp.asarray(margin, dtype))
+    return weighted_reduce(losses, reduction, where=where, denominator=None)
+
+
+@register_checks(_check_contrastive)
+@functools.partial(jax.jit, static_argnames=("metric", "reduction"))
+def contrastive_loss(
+    embeddings_a: ArrayLike,
+    embeddings_b: ArrayLike,
+    similar: ArrayLike,
+    *,
+    margin: ArrayLike = 1.0,
+    metric: Metric = "euclidean",
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Contrastive loss of a Siamese network's paired embeddings.
+
+    .. math::
+      \ell = \tfrac12\bigl[y\,d^2 + (1 - y)\max(m - d, 0)^2\bigr], \qquad
+      d = \lVert a - b \rVert_2
+
+    .. math::
+      \frac{\partial\ell}{\partial a} = \Bigl[y - (1 - y)\frac{\max(m - d, 0)}{d}\Bigr]
+        (a - b), \qquad \frac{\partial\ell}{\partial b} = -\frac{\partial\ell}{\partial a}
+
+    :math:`y = 1` marks a similar pair (pulled together), :math:`y = 0` a dissimilar
+    one (pushed apart until :math:`d \ge m`). ``reduction="mean"`` is the tutorial's
+    :math:`\frac{1}{2N}\sum_i [\dots]`. At :math:`d = 0` the gradient is finite for both
+    labels: 0 for a similar pair, and 0 for a dissimilar one (the direction to push is
+    undefined; PyTorch's subgradient), where the naive ``jnp.linalg.norm`` version gives
+    NaN for both. The care sits in the distance's ``jax.custom_vjp``
+    (:func:`pairwise_distance`), which every metric goes through. Elsewhere the
+    gradients are PyTorch autograd's of the same formula.
+
+    Args:
+      embeddings_a, embeddings_b: embeddings of each pair's two sides, ``[..., D]``.
+      similar: 1 (or True) for a similar pair, 0 for a dissimilar one, ``[...]``.
+      margin: :math:`m \ge 0`.
+      metric: the distance :math:`d`: ``"euclidean"`` (default), ``"squared_euclidean"``
+        or ``"cosine"``.
+      where: boolean mask of the pairs to include.
+      reduction: ``"none"`` (default, one value per pair), ``"mean"`` or ``"sum"``.
+
+    References:
+      Hadsell, Chopra & LeCun, `Dimensionality Reduction by Learning an Invariant
+      Mapping <https://doi.org/10.1109/CVPR.2006.100>`_, CVPR 2006.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    a, b = _embedding_pair(("embeddings_a", "embeddings_b"), embeddings_a, embeddings_b, -1)
+    return contrastive_loss_from_distance(
+        _distance(a, b, metric), similar, margin=margin, where=where, reduction=reduction
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Triplet margin loss (PyTorch TripletMarginLoss).
+
+
+@functools.partial(jax.jit, static_argnames=("norm_degree", "swap", "reduction"))
+def triplet_margin_loss(
+    anchors: ArrayLike,
+    positives: ArrayLike,
+    negatives: ArrayLike,
+    *,
+    margin: ArrayLike = 1.0,
+    norm_degree: float = 2,
+    eps: ArrayLike = 1e-6,
+    swap: bool = False,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Triplet margin loss with PyTorch ``TripletMarginLoss`` semantics.
+
+    .. math::
+      \ell = \max\bigl(d(a, p) - d(a, n) + m,\ 0\bigr), \qquad
+      d(x, y) = \lVert x - y + \epsilon \rVert_p
+
+    With ``swap=True``, :math:`d(a, n)` becomes :math:`\min(d(a, n), d(p, n))`
+    (Balntas et al.'s distance swap). Values and gradients are PyTorch's for
+    :math:`p = 1` and :math:`p = 2`, with the subgradient 0 where a distance is 0.
+
+    ``optax.losses.triplet_margin_loss`` differs in two ways: it adds :math:`\epsilon`
+    inside the root, :math:`(\sum_i (x_i - y_i)^p + \epsilon)^{1/p}` (so equal values at
+    ``eps=0``, within :math:`O(\epsilon)` otherwise), and takes no absolute value,
+    which makes its ``norm_degree=1`` a signed sum rather than a distance.
+
+    Args:
+      anchors, positives, negatives: embeddings ``[..., D]``, broadcastable.
+      margin: :math:`m \ge 0`.
+      norm_degree: :math:`p \ge 1`.
+      eps: added to each difference, as PyTorch does.
+      swap: use the distance swap.
+      reduction: ``"none"`` (default, one value per triplet), ``"mean"`` or ``"sum"``.
+
+    References:
+      Balntas et al., `Learning local feature descriptors with triplets and shallow
+      convolutional neural networks <https://doi.org/10.5244/C.30.119>`_, BMVC 2016.
+    """
+    if not isinstance(norm_degree, int | float) or not norm_degree >= 1:
+        raise ValueError(f"norm_degree must be a number >= 1, got {norm_degree!r}")
+    _validate.non_negative("margin", margin)
+    reduction = _validate.reduction(reduction)
+    names = ("anchors", "positives", "negatives")
+    arrays = [_validate.floating(n, x) for n, x in zip(names, (anchors, positives, negatives),
+                                                      strict=True)]
+    shape = _validate.broadcast_shapes(names, *arrays)
+    if not shape:
+        raise ValueError("anchors, positives and negatives must have a feature axis")
+    dtype = _validate.compute_dtype(*(x.dtype for x in arrays))
+    a, p, n = (jnp.broadcast_to(x, shape).astype(dtype) for x in arrays)
+    eps = jnp.asarray(eps, dtype)
+    positive = _lp_distance(a, p, norm_degree, eps)
+    negative = _lp_distance(a, n, norm_degree, eps)
+    if swap:
+        negative = jnp.minimum(negative, _lp_distance(p, n, norm_degree, eps))
+    losses = jnp.maximum(positive - negative + jnp.asarray(margin, dtype), 0)
+    return weighted_reduce(losses, reduction, where=None, denominator=None)
+
+
+# ---------------------------------------------------------------------------------
+# NT-Xent (SimCLR), optax's definition.
+
+
+def _logsumexp_where(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Row log-sum-exp over ``mask``; -inf for an empty row, with no NaN in its gradient."""
+    m = jnp.max(jnp.where(mask, x, -jnp.inf), axis=-1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), 0, m))
+    total = jnp.sum(jnp.where(mask, jnp.exp(jnp.where(mask, x, m) - m), 0), axis=-1)
+    empty = total == 0
+    return jnp.where(empty, -jnp.inf, m[..., 0] + jnp.log(jnp.where(empty, 1, total)))
+
+
+@jax.jit
+def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.07) -> jax.Array:
+    r"""Normalized temperature-scaled cross-entropy (NT-Xent, SimCLR), optax's definition.
+
+    With :math:`s_{ij} = \cos(e_i, e_j)/\tau`, :math:`P` the positive pairs
+    (:math:`i \ne j`, same label) and :math:`N_i` the negatives of :math:`i`:
+
+    .. math::
+      L = \frac{1}{|P|}\sum_{(i,j) \in P}
+          -\log\frac{e^{s_{ij}}}{e^{s_{ij}} + \sum_{k \in N_i} e^{s_{ik}}}
+
+    The same values as ``optax.losses.ntxent`` wherever optax's are finite; a batch
+    with no positive pair gives 0 with a zero gradient (optax: NaN), and a row with no
+    negative contributes 0 per positive.
+
+    Args:
+      embeddings: ``[batch, features]``.
+      labels: integer group ids ``[batch]``; equal ids mark positive pairs.
+      temperature: :math:`\tau > 0`.
+
+    Returns:
+      A scalar, the mean over positive pairs.
+
+    References:
+      Chen et al., `A Simple Framework for Contrastive Learning of Visual
+      Representations <https://arxiv.org/abs/2002.05709>`_, 2020.
+    """
+    embeddings = _validate.floating("embeddings", embeddings)
+    labels = _validate.integer("labels", labels)
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be [batch, features], got "
+                         f"{_validate.describe(embeddings)}")
+    _validate.same_shape("labels", labels, embeddings.shape[:1], "one label per embedding")
+    _validate.positive("temperature", temperature)
+    dtype = _validate.compute_dtype(embeddings.dtype)
+    e = embeddings.astype(dtype)
+    # optax's cosine similarity: squared norms clipped at the dtype's epsilon.
+    eps = jnp.finfo(embeddings.dtype).eps
+    unit = e / jnp.sqrt(jnp.clip(jnp.sum(e * e, axis=-1, keepdims=True), eps))
+    s = (unit @ unit.T) / jnp.asarray(temperature, dtype)
+    same = labels[:, None] == labels[None, :]
+    positives = same & ~jnp.eye(labels.shape[0], dtype=bool)
+    negatives_lse = _logsumexp_where(s, ~same)
+    # -log(e^s / (e^s + sum_neg)) = logaddexp(s, lse_neg) - s, finite for finite s.
+    per_pair = jnp.logaddexp(s, negatives_lse[:, None]) - s
+    total = jnp.sum(jnp.where(positives, per_pair, 0))
+    return _safe_divide(total, jnp.sum(positives).astype(dtype))
+
+
+# ---------------------------------------------------------------------------------
+# InfoNCE (CLIP).
+
+
+def _scores(q: jax.Array, k: jax.Array, temperature: jax.Array) -> jax.Array:
+    """:math:`q k^\\top / \\tau`, accumulated in the compute dtype (float32 for bf16)."""
+    return jnp.matmul(q, k.T, preferred_element_type=temperature.dtype) / temperature
+
+
+def _row_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """``[B, D]`` zero-padded to a multiple of ``chunk`` and split: ``[B/chunk, chunk, D]``."""
+    pad = -x.shape[0] % chunk
+    x = jnp.pad(x, ((0, pad), (0, 0)))
+    return x.reshape(-1, chunk, x.shape[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _info_nce(q, k, temperature, symmetric, chunk):
+    return _info_nce_fwd(q, k, temperature, symmetric, chunk)[0]
+
+
+def _info_nce_fwd(q, k, temperature, symmetric, chunk):
+    r"""Row :math:`i`: :math:`\mathrm{lse}_j(s_{ij}) - s_{ii}`; symmetric adds the column
+    term and halves. Residuals: the inputs and one log-sum-exp per row (and column)."""
+    batch = q.shape[0]
+    diagonal = jnp.sum(q.astype(temperature.dtype) * k, axis=-1) / temperature
+    if chunk is None:
+        s = _scores(q, k, temperature)
+        row_lse = jax.nn.logsumexp(s, axis=1)
+        col_lse = jax.nn.logsumexp(s, axis=0) if symmetric else None
+    else:
+        starts = jnp.arange(0, batch + (-batch % chunk), chunk)
+
+        def step(carry, xs):
+            col_max, col_sum = carry
+            q_chunk, start = xs
+            s = _scores(q_chunk, k, temperature)
+            real = (start + jnp.arange(chunk) < batch)[:, None]
+            s = jnp.where(real, s, -jnp.inf)
+            row_lse = jax.nn.logsumexp(s, axis=1)
+            if symmetric:  # online log-sum-exp down the columns
+                new_max = jnp.maximum(col_max, jnp.max(s, axis=0))
+                col_sum = col_sum * jnp.exp(col_max - new_max) + jnp.sum(
+                    jnp.exp(s - new_max), axis=0)
+                col_max = new_max
+            return (col_max, col_sum), row_lse
+
+        init = (jnp.full((batch,), -jnp.inf, temperature.dtype),
+                jnp.zeros((batch,), temperature.dtype))
+        (col_max, col_sum), row_lse = jax.lax.scan(step, init, (_row_chunks(q, chunk), starts))
+        row_lse = row_lse.reshape(-1)[:batch]
+        col_lse = col_max + jnp.log(col_sum) if symmetric else None
+    loss = row_lse - diagonal
+    if symmetric:
+        loss = 0.5 * (loss + col_lse - diagonal)
+    return loss, (q, k, temperature, row_lse, col_lse)
+
+
+def _info_nce_bwd(symmetric, chunk, residuals, g):
+    r"""With :math:`G_{ij} = g^r_i P^r_{ij} + g^c_j P^c_{ij} - \delta_{ij}(g^r_i + g^c_i)`
+    (:math:`P^r, P^c` the row and column softmax of :math:`s`):
+    :math:`\partial/\partial q = G k/\tau`, :math:`\partial/\partial k = G^\top q/\tau`,
+    :math:`\partial/\partial\tau = -\sum_{ij} G_{ij} s_{ij}/\tau`."""
+    q, k, temperature, row_lse, col_lse = residuals
+    dtype = temperature.dtype
+    batch = q.shape[0]
+    g_row = 0.5 * g if symmetric else g
+    g_col = 0.5 * g if symmetric else jnp.zeros_like(g)
+
+    def block(s, g_rows, lse_rows):
+        """G for a block of rows (without the diagonal term)."""
+        grad = _times(g_rows[:, None], jnp.exp(s - lse_rows[:, None]))
+        if symmetric:
+            grad = grad + _times(g_col[None, :], jnp.exp(s - col_lse[None, :]))
+        return grad
+
+    if chunk is None:
+        s = _scores(q, k, temperature)
+        grad = block(s, g_row, row_lse)
+        d_q = jnp.matmul(grad, k.astype(dtype))
+        d_k = jnp.matmul(grad.T, q.astype(dtype))
+        d_t = jnp.sum(grad * s)
+    else:
+        starts = jnp.arange(0, batch + (-batch % chunk), chunk)
+        g_rows = _row_chunks(g_row[:, None], chunk)[..., 0]
+        lse_rows = _row_chunks(row_lse[:, None], chunk)[..., 0]
+
+        def step(carry, xs):
+            d_k, d_t = carry
+            q_chunk, g_chunk, lse_chunk, start = xs
+            s = _scores(q_chunk, k, temperature)
+            real = (start + jnp.arange(chunk) < batch)[:, None]
+            grad = jnp.where(real, block(jnp.where(real, s, 0), g_chunk, lse_chunk), 0)
+            d_k = d_k + jnp.matmul(grad.T, q_chunk.astype(dtype))
+            d_t = d_t + jnp.sum(grad * jnp.where(real, s, 0))
+            return (d_k, d_t), jnp.matmul(grad, k.astype(dtype))
+
+        init = (jnp.zeros(k.shape, dtype), jnp.zeros((), dtype))
+        (d_k, d_t), d_q = jax.lax.scan(
+            step, init, (_row_chunks(q, chunk), g_rows, lse_rows, starts))
+        d_q = d_q.reshape(-1, q.shape[1])[:batch]
+    # The diagonal (the positives): -(g_row + g_col) on s_ii.
+    g_diag = g_row + g_col
+    d_q = d_q - g_diag[:, None] * k.astype(dtype)
+    d_k = d_k - g_diag[:, None] * q.astype(dtype)
+    diagonal = jnp.sum(q.astype(dtype) * k, axis=-1) / temperature
+    d_t = d_t - jnp.sum(g_diag * diagonal)
+    return ((d_q / temperature).astype(q.dtype), (d_k / temperature).astype(k.dtype),
+            (-d_t / temperature).astype(temperature.dtype))
+
+
+_info_nce.defvjp(_info_nce_fwd, _info_nce_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("symmetric", "chunk_size", "reduction"))
+def info_nce(
+    queries: ArrayLike,
+    keys: ArrayLike,
+    *,
+    temperature: ArrayLike = 0.07,
+    symmetric: bool = False,
+    chunk_size: int | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""InfoNCE with in-batch negatives (CLIP-style): row :math:`i`'s positive is key :math:`i`.
+
+    .. math::
+      s_{ij} = \frac{q_i \cdot k_j}{\tau}, \qquad
+      \ell_i = \log\sum_j e^{s_{ij}} - s_{ii}, \qquad
+      \frac{\partial \ell_i}{\partial s_{ij}} = \mathrm{softmax}_j(s_{i\cdot}) - \delta_{ij}
+
+    ``symmetric=True`` averages both directions, :math:`\tfrac12(\ell_i^{q\to k} +
+    \ell_i^{k\to q})`, CLIP's loss. The embeddings are used as given: L2-normalize them
+    first for cosine similarity (CLIP does). The ``jax.custom_vjp`` keeps the inputs and
+    one log-sum-exp per row (and per column) and recomputes :math:`s` in the backward
+    pass. With ``chunk_size`` the rows are processed ``chunk_size`` at a time, forward
+    and backward, so the :math:`B \times B` score matrix is never held whole: memory
+    :math:`O(\text{chunk} \cdot B)` instead of :math:`O(B^2)`, same values.
+
+    Args:
+      queries: ``[B, D]`` (e.g. image embeddings).
+      keys: ``[B, D]`` (e.g. text embeddings); key :math:`i` is query :math:`i`'s positive.
+      temperature: :math:`\tau > 0`; differentiable (CLIP learns it).
+      symmetric: average the query-to-key and key-to-query losses.
+      chunk_size: rows per block (None: all at once); need not divide :math:`B`.
+      reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+
+    References:
+      van den Oord et al., `Representation Learning with Contrastive Predictive Coding
+      <https://arxiv.org/abs/1807.03748>`_, 2018; Radford et al., `Learning Transferable
+      Visual Models From Natural Language Supervision
+      <https://arxiv.org/abs/2103.00020>`_, 2021.
+    """
+    queries = _validate.floating("queries", queries)
+    keys = _validate.floating("keys", keys)
+    if queries.ndim != 2:
+        raise ValueError(f"queries must be [batch, features], got {_validate.describe(queries)}")
+    _validate.same_shape("keys", keys, queries.shape, "the shape of queries")
+    _validate.positive("temperature", temperature)
+    reduction = _validate.reduction(reduction)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None and chunk_size >= queries.shape[0]:
+        chunk_size = None
+    dtype = _validate.compute_dtype(queries.dtype, keys.dtype)
+    losses = _info_nce(queries, keys, jnp.asarray(temperature, dtype), bool(symmetric),
+                       chunk_size)
+    return weighted_reduce(losses, reduction, where=None, denominator=None)
+
+
+# ---------------------------------------------------------------------------------
+# Pair sampling for Siamese training.
+
+
+@functools.partial(jax.jit, static_argnames=("num_pairs", "positive_fraction"))
+def make_pairs(
+    labels: ArrayLike,
+    key: jax.Array,
+    num_pairs: int,
+    *,
+    positive_fraction: float = 0.5,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Samples balanced pairs of examples for Siamese training.
+
+    ``round(num_pairs * positive_fraction)`` pairs are drawn as positives (an anchor
+    from a class with at least two examples, and another example of its class) and the
+    rest as negatives (an anchor and an example of another class), each uniformly at
+    random, then shuffled. ``similar`` is computed from the labels, so
+    ``similar[i] == (labels[index_a[i]] == labels[index_b[i]])`` always holds, also
+    when the data make a balance impossible (a single class has no negatives).
+
+    Args:
+      labels: integer class ids ``[N]``.
+      key: a ``jax.random`` key.
+      num_pairs: how many pairs (static).
+      positive_fraction: the share of similar pairs, in [0, 1] (static).
+
+    Returns:
+      ``(index_a, index_b, similar)``: int32 indices into ``labels`` and a bool array,
+      each ``[num_pairs]``.
+    """
+    labels = _validate.integer("labels", labels)
+    if labels.ndim != 1 or labels.shape[0] < 2:
+        raise ValueError(f"labels must be [N] with N >= 2, got {_validate.describe(labels)}")
+    if isinstance(num_pairs, bool) or not isinstance(num_pairs, int) or num_pairs < 1:
+        raise ValueError(f"num_pairs must be a positive int, got {num_pairs!r}")
+    if not 0.0 <= float(positive_fraction) <= 1.0:
+        raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+    n = labels.shape[0]
+    order = jnp.argsort(labels)
+    sorted_labels = labels[order]
+    start = jnp.searchsorted(sorted_labels, labels, side="left")
+    count = jnp.searchsorted(sorted_labels, labels, side="right") - start
+    rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+
+    key_pos, key_neg, key_pick_pos, key_pick_neg, key_shuffle = jax.random.split(key, 5)
+    n_pos = round(num_pairs * positive_fraction)
+
+    def anchors(key, eligible, size):
+        weights = jnp.where(jnp.any(eligible), eligible, True).astype(jnp.float32)
+        return jax.random.choice(key, n, (size,), p=weights / jnp.sum(weights))
+
+    # Positives: another member of the anchor's class, skipping the anchor itself.
+    a_pos = anchors(key_pos, count >= 2, n_pos)
+    r = jax.random.randint(key_pick_pos, (n_pos,), 0, jnp.maximum(count[a_pos] - 1, 1))
+    offset = rank[a_pos] - start[a_pos]
+    r = jnp.where(r >= offset, r + 1, r)
+    b_pos = order[jnp.minimum(start[a_pos] + r, n - 1)]
+    # Negatives: uniform over the examples outside the anchor's class block.
+    n_neg = num_pairs - n_pos
+    a_neg = anchors(key_neg, count < n, n_neg)
+    r = jax.random.randint(key_pick_neg, (n_neg,), 0, jnp.maximum(n - count[a_neg], 1))
+    r = jnp.where(r >= start[a_neg], r + count[a_neg], r)
+    b_neg = order[jnp.minimum(r, n - 1)]
+
+    perm = jax.random.permutation(key_shuffle, num_pairs)
+    index_a = jnp.concatenate([a_pos, a_neg])[perm].astype(jnp.int32)
+    index_b = jnp.concatenate([b_pos, b_neg])[perm].astype(jnp.int32)
+    return index_a, index_b, labels[index_a] == labels[index_b]
