@@ -121,8 +121,9 @@ def pairwise_distance(
     - ``"cosine"``: :math:`1 - \frac{a \cdot b}{\lVert a \rVert \lVert b \rVert}`, with
       similarity 0 (distance 1) when a vector is 0.
 
-    The gradient is 0, not NaN, where ``a == b`` (Euclidean) or a vector is 0 (cosine):
-    PyTorch's subgradient convention.
+    The gradient is 0, not NaN, where ``a == b`` (Euclidean: PyTorch's subgradient of
+    the norm) or a vector is 0 (cosine; ``torch.nn.functional.cosine_similarity``
+    divides by its ``eps`` there instead, and its gradient is of order 1/eps).
 
     Args:
       a, b: embeddings, broadcastable to each other.
@@ -313,7 +314,9 @@ def triplet_margin_loss(
     negative = _lp_distance(a, n, norm_degree, eps)
     if swap:
         negative = jnp.minimum(negative, _lp_distance(p, n, norm_degree, eps))
-    losses = jnp.maximum(positive - negative + jnp.asarray(margin, dtype), 0)
+    violation = positive - negative + jnp.asarray(margin, dtype)
+    # PyTorch's clamp_min passes the whole gradient at the tie (jnp.maximum halves it).
+    losses = jnp.where(violation >= 0, violation, 0)
     return weighted_reduce(losses, reduction, where=None, denominator=None)
 
 
