@@ -1,12 +1,23 @@
-"""The ``jaxloss`` command."""
+"""The ``jaxloss`` command: ``jaxloss demo``, ``jaxloss check``, ``jaxloss --version``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import pathlib
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jaxloss
+
+TASKS = ("regression", "binary", "multiclass", "siamese")
+
+
+# ---------------------------------------------------------------------------------
+# jaxloss check
 
 
 def _check(_: argparse.Namespace) -> int:
@@ -21,14 +32,250 @@ def _check(_: argparse.Namespace) -> int:
          "ok" if r.ok else "FAIL")
         for r in results
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_table(header, rows)
     failures = [r for r in results if not r.ok]
     for r in failures:
         print(f"FAIL {r.name}: {r.error}", file=sys.stderr)
     print(f"\n{len(results) - len(failures)}/{len(results)} checks ok")
     return 1 if failures else 0
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---------------------------------------------------------------------------------
+# jaxloss demo
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoTask:
+    """One demo: a dataset, a model's output size, the loss and its test metric."""
+
+    name: str
+    loss_name: str
+    load: Callable[[], Any]
+    outputs: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    metric_name: str
+
+
+DEMO_TASKS = {
+    "regression": DemoTask("regression", "mean_squared_error", lambda: _data().load_diabetes(),
+                           1, 10, 32, 1e-3, "R²"),  # diabetes overfits past ~10 epochs
+    "binary": DemoTask("binary", "sigmoid_binary_cross_entropy",
+                       lambda: _data().load_breast_cancer(), 1, 30, 32, 3e-3, "accuracy"),
+    "multiclass": DemoTask("multiclass", "softmax_cross_entropy_with_integer_labels",
+                           lambda: _data().load_digits(), 10, 30, 64, 3e-3, "accuracy"),
+    "siamese": DemoTask("siamese", "contrastive_loss", lambda: _data().digit_pairs(),
+                        16, 12, 128, 3e-3, "pair accuracy"),
+}
+
+
+def _data():
+    from jaxloss import data
+
+    return data
+
+
+def _mlp(num_inputs: int, num_outputs: int, seed: int) -> Any:
+    from flax import nnx
+
+    class MLP(nnx.Module):
+        """Two hidden ReLU layers; a single output is squeezed to one value per row."""
+
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.hidden1 = nnx.Linear(num_inputs, 64, rngs=rngs)
+            self.hidden2 = nnx.Linear(64, 64, rngs=rngs)
+            self.out = nnx.Linear(64, num_outputs, rngs=rngs)
+
+        def __call__(self, x: Any) -> Any:
+            import jax
+
+            y = self.out(jax.nn.relu(self.hidden2(jax.nn.relu(self.hidden1(x)))))
+            return y[..., 0] if num_outputs == 1 else y
+
+    return MLP(nnx.Rngs(seed))
+
+
+def _best_threshold_accuracy(distances: Any, similar: Any) -> float:
+    """Pair verification: the accuracy of ``distance < t`` at the best threshold t."""
+    import numpy as np
+
+    order = np.argsort(distances)
+    similar = np.asarray(similar, bool)[order]
+    # Threshold after the k nearest pairs: k predicted similar.
+    correct = np.concatenate([[0], np.cumsum(similar)]) + np.concatenate(
+        [[np.sum(~similar)], np.sum(~similar) - np.cumsum(~similar)])
+    return float(correct.max() / len(similar))
+
+
+def run_demo_task(task: DemoTask, *, epochs: int | None, mesh: Any, seed: int,
+                  progress: bool) -> dict[str, Any]:
+    """Trains one task; returns its table row, history and (Siamese) test embedding."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from jaxloss import data, training
+
+    began = time.perf_counter()
+    dataset = task.load()
+    model = _mlp(dataset.num_features, task.outputs, seed)
+    optimizer = nnx.Optimizer(model, optax.adam(task.learning_rate), wrt=nnx.Param)
+    loss = getattr(jaxloss, task.loss_name)
+    adapter = training.siamese if task.name == "siamese" else training.supervised
+    pair_keys = ("a", "b", "similar")
+    train_arrays = {k: v for k, v in dataset.train.items()
+                    if task.name != "siamese" or k in pair_keys}
+    test_arrays = {k: v for k, v in dataset.test.items()
+                   if task.name != "siamese" or k in pair_keys}
+    history = training.fit(
+        model, optimizer, data.Loader(train_arrays, task.batch_size),
+        loss_fn=adapter(loss), epochs=epochs or task.epochs,
+        eval=data.Loader(test_arrays, 512, shuffle=False), progress=progress, seed=seed,
+        mesh=mesh)
+
+    embedding = None
+    if task.name == "regression":
+        predictions = np.asarray(model(jnp.asarray(dataset.test["x"])))
+        y = dataset.test["y"]
+        metric = 1 - np.sum((y - predictions) ** 2) / np.sum((y - y.mean()) ** 2)
+    elif task.name == "binary":
+        logits = np.asarray(model(jnp.asarray(dataset.test["x"])))
+        metric = np.mean((logits > 0) == (dataset.test["y"] == 1))
+    elif task.name == "multiclass":
+        logits = np.asarray(model(jnp.asarray(dataset.test["x"])))
+        metric = np.mean(np.argmax(logits, -1) == dataset.test["y"])
+    else:
+        distances = np.asarray(jaxloss.pairwise_distance(
+            model(jnp.asarray(dataset.test["a"])), model(jnp.asarray(dataset.test["b"]))))
+        metric = _best_threshold_accuracy(distances, dataset.test["similar"])
+        embedding = (np.asarray(model(jnp.asarray(dataset.test["x"]))), dataset.test["y"])
+    return {"task": task.name, "loss": task.loss_name, "dataset": dataset.name,
+            "train_loss": history[-1]["train_loss"] if history else float("nan"),
+            "metric_name": task.metric_name, "metric": float(metric),
+            "seconds": time.perf_counter() - began, "history": history,
+            "embedding": embedding}
+
+
+def _plot(results: Sequence[dict[str, Any]], out: pathlib.Path) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), squeeze=False)
+    for ax, result in zip(axes[0], results, strict=True):
+        epochs = [h["epoch"] + 1 for h in result["history"]]
+        ax.plot(epochs, [h["train_loss"] for h in result["history"]], label="train")
+        ax.plot(epochs, [h["eval_loss"] for h in result["history"]], label="test")
+        ax.set_title(f"{result['task']}: {result['loss']}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "loss_curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    for result in results:
+        if result["embedding"] is None:
+            continue
+        points, labels = result["embedding"]
+        # The two principal directions of the learned embedding.
+        centered = points - points.mean(axis=0)
+        _, _, vt = np.linalg.svd(centered, full_matrices=False)
+        xy = centered @ vt[:2].T
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=8)
+        ax.legend(*scatter.legend_elements(), title="digit", fontsize=7, loc="best")
+        ax.set_title("Siamese embedding of the test digits (contrastive loss, PCA)", fontsize=9)
+        fig.tight_layout()
+        written.append(out / "siamese_embedding.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def _writable(out: pathlib.Path) -> str | None:
+    """Why ``out`` cannot take the plots, or None."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        return f"--out {out}: cannot write there ({e.strerror or e})"
+    return None
+
+
+def _mesh(devices: int) -> Any:
+    import jax
+
+    available = jax.devices()
+    if devices > len(available):
+        raise SystemExit(
+            f"jaxloss demo: error: --devices {devices}: only {len(available)} device(s) "
+            f"available ({available[0].platform})")
+    if devices == 1:
+        return None
+    return jax.make_mesh((devices,), ("data",), devices=available[:devices])
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        print("jaxloss demo: error: the demo needs its extra: pip install 'jaxloss[demo]'",
+              file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    problem = _writable(out)
+    if problem is not None:
+        print(f"jaxloss demo: error: {problem}", file=sys.stderr)
+        return 2
+    if args.devices > 1:
+        import jax
+
+        try:  # on the CPU, split the host into that many devices (before JAX starts)
+            jax.config.update("jax_num_cpu_devices", args.devices)
+        except RuntimeError:
+            pass  # already started: use the devices it has
+    mesh = _mesh(args.devices)
+    names = TASKS if args.task == "all" else (args.task,)
+    began = time.perf_counter()
+    results = [run_demo_task(DEMO_TASKS[name], epochs=args.epochs, mesh=mesh, seed=args.seed,
+                             progress=not args.quiet) for name in names]
+    rows = [(r["task"], r["loss"], r["dataset"], f"{r['train_loss']:.4f}",
+             f"{r['metric_name']} {r['metric']:.3f}", f"{r['seconds']:.1f}") for r in results]
+    print()
+    _print_table(("task", "loss", "dataset", "final train loss", "test metric", "seconds"), rows)
+    written = _plot(results, out)
+    print(f"\n{len(results)} task(s) in {time.perf_counter() - began:.1f} s; plots: "
+          + ", ".join(str(p) for p in written))
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# The parser.
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
         "finite differences, extreme inputs)"
     )
     check.set_defaults(run=_check)
+    demo = commands.add_parser(
+        "demo", help="train small Flax models on scikit-learn's bundled data with jaxloss "
+        "losses; print a table and write plots")
+    demo.add_argument("--task", choices=("all", *TASKS), default="all")
+    demo.add_argument("--epochs", type=_positive_int, default=None,
+                      help="epochs per task (default: each task's own)")
+    demo.add_argument("--out", default="demo-output", help="folder for the PNG plots")
+    demo.add_argument("--devices", type=_positive_int, default=1,
+                      help="data-parallel over this many devices (CPU: split the host)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
     return parser
 
 
@@ -51,8 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return args.run(args)
+    try:
+        return args.run(args)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
