@@ -17,8 +17,12 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
 
-demo: $(VENV)/.dev-installed
-	$(BIN)/jaxloss check
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/jaxloss demo
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -118,10 +118,18 @@ def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
 
 
 def replicate(mesh: Mesh, *nodes: Any) -> None:
-    """Places every array of the given NNX objects (model, optimizer) on all devices."""
+    """Places every array of the given NNX objects (model, optimizer) on all devices.
+
+    State already replicated on ``mesh`` is left alone, so calling this every step
+    costs one look at the first leaf."""
     replicated = NamedSharding(mesh, P())
     for node in nodes:
         state = nnx.state(node)
+        leaves = jax.tree.leaves(state)
+        first = leaves[0].sharding if leaves else None
+        if isinstance(first, NamedSharding) and first.mesh == mesh and (
+                first.is_fully_replicated):
+            continue
         nnx.update(node, jax.device_put(state, replicated))
 
 
