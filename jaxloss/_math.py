@@ -21,9 +21,9 @@ def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:
-    """``sqrt(x)`` with gradient 0, not inf, at ``x = 0``."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+    """``sqrt(x)`` with gradient 0, not inf, at ``x = 0`` (NaN stays NaN)."""
+    zero = x == 0
+    return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, x)))
 
 
 def abs0(x: jax.Array) -> jax.Array:

@@ -8,9 +8,11 @@ Values are not static; those are documented per loss and checked by
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -160,3 +162,38 @@ def positive(name: str, x: Any) -> None:
     value = concrete_scalar(x)
     if value is not None and not value > 0.0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def jit(
+    *,
+    static_argnames: Sequence[str] = (),
+    checks: dict[str, Callable[[str, Any], None]] | None = None,
+) -> Callable[[F], F]:
+    """``jax.jit`` that first checks the named arguments whose values are known.
+
+    A scalar such as ``margin`` or ``temperature`` may be traced (learned, or passed
+    through the caller's own jit), so it cannot be static; inside the jit its value is
+    never known. Checked here, before the jit, a Python or concrete value is validated
+    and a traced one passes as documented.
+    """
+
+    def decorate(fn: F) -> F:
+        jitted = jax.jit(fn, static_argnames=tuple(static_argnames))
+        if not checks:
+            return jitted  # type: ignore[return-value]
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs).arguments
+            for name, check in checks.items():
+                if name in bound:
+                    check(name, bound[name])
+            return jitted(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

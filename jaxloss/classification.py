@@ -57,6 +57,10 @@ BCE_GRAD_EPSILON = float(np.float32(1e-12))
 
 @jax.custom_vjp
 def _sigmoid_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
+    return _sigmoid_bce_value(logits, labels, pos_weight)
+
+
+def _sigmoid_bce_value(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
     r"""Per element :math:`\ell = w y\,\mathrm{softplus}(-x) + (1-y)\,\mathrm{softplus}(x)`.
 
     :math:`\partial\ell/\partial x = \sigma(x)(w y + 1 - y) - w y`,
@@ -70,7 +74,9 @@ def _sigmoid_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) ->
 
 
 def _sigmoid_bce_fwd(logits, labels, pos_weight):
-    return _sigmoid_bce(logits, labels, pos_weight), (logits, labels, pos_weight)
+    # The fwd rule computes the value itself: calling the custom_vjp function here
+    # would break forward-over-reverse (jax.hessian).
+    return _sigmoid_bce_value(logits, labels, pos_weight), (logits, labels, pos_weight)
 
 
 def _sigmoid_bce_bwd(residuals, g):
@@ -160,6 +166,10 @@ def sigmoid_binary_cross_entropy(
 
 @jax.custom_vjp
 def _bce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
+    return _bce_value(probabilities, labels)
+
+
+def _bce_value(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
     r""":math:`\ell = -[y \max(\log p, -100) + (1 - y)\max(\log(1 - p), -100)]`."""
     p = probabilities.astype(labels.dtype)
     log_p = jnp.maximum(jnp.log(p), BCE_LOG_CLAMP)
@@ -168,7 +178,7 @@ def _bce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _bce_fwd(probabilities, labels):
-    return _bce(probabilities, labels), (probabilities, labels)
+    return _bce_value(probabilities, labels), (probabilities, labels)
 
 
 def _bce_bwd(residuals, g):

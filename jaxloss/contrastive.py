@@ -45,12 +45,34 @@ METRICS = ("euclidean", "squared_euclidean", "cosine")
 
 @jax.custom_vjp
 def _euclidean(a: jax.Array, b: jax.Array, eps: jax.Array) -> jax.Array:
+    return _euclidean_value(a, b, eps)
+
+
+def _scaled(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x / s`` and ``s = max |x|`` over the last axis (1 where that is 0 or not finite).
+
+    Dividing twice by sqrt(s) keeps 1/s out of the subnormal range, which the CPU
+    flushes to zero, for |x| up to the float32 maximum."""
+    scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+    scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1)
+    root = jnp.sqrt(scale)
+    return x / root / root, scale
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    """The 2-norm over the last axis, scaled so that squaring cannot overflow (or
+    underflow) while the norm itself is representable."""
+    unit, scale = _scaled(x)
+    return scale[..., 0] * jnp.sqrt(jnp.sum(jnp.square(unit), axis=-1))
+
+
+def _euclidean_value(a: jax.Array, b: jax.Array, eps: jax.Array) -> jax.Array:
     r""":math:`d = \lVert a - b + \epsilon \rVert_2` over the last axis."""
-    return jnp.sqrt(jnp.sum(jnp.square(a - b + eps), axis=-1))
+    return _norm(a - b + eps)
 
 
 def _euclidean_fwd(a, b, eps):
-    d = _euclidean(a, b, eps)
+    d = _euclidean_value(a, b, eps)
     return d, (a, b, eps, d)
 
 
@@ -78,7 +100,12 @@ def _lp_distance(a: jax.Array, b: jax.Array, p: float, eps: jax.Array) -> jax.Ar
 
 
 def _cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-    """1 - cosine similarity; a zero vector has similarity 0 (distance 1), gradient 0."""
+    """1 - cosine similarity; a zero vector has similarity 0 (distance 1), gradient 0.
+
+    Each vector is divided by its largest |component| first (cosine is scale free), so
+    huge vectors do not overflow the dot product."""
+
+    a, b = _scaled(a)[0], _scaled(b)[0]
     norms = _safe_sqrt(jnp.sum(a * a, axis=-1)) * _safe_sqrt(jnp.sum(b * b, axis=-1))
     return 1 - _safe_divide(jnp.sum(a * b, axis=-1), norms)
 
@@ -145,7 +172,7 @@ def pairwise_distance(
 
 def _contrastive_terms(distances: jax.Array, similar: jax.Array, margin: jax.Array) -> jax.Array:
     hinge = jnp.maximum(margin - distances, 0)
-    return 0.5 * (similar * jnp.square(distances) + (1 - similar) * jnp.square(hinge))
+    return 0.5 * (_times(similar, jnp.square(distances)) + (1 - similar) * jnp.square(hinge))
 
 
 def _similar_labels(similar: ArrayLike, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
@@ -167,7 +194,7 @@ def _check_contrastive(embeddings_a, embeddings_b, similar, **_):
 
 
 @register_checks(_check_contrastive_from_distance)
-@functools.partial(jax.jit, static_argnames=("reduction",))
+@_validate.jit(static_argnames=("reduction",), checks={"margin": _validate.non_negative})
 def contrastive_loss_from_distance(
     distances: ArrayLike,
     similar: ArrayLike,
@@ -203,7 +230,8 @@ def contrastive_loss_from_distance(
 
 
 @register_checks(_check_contrastive)
-@functools.partial(jax.jit, static_argnames=("metric", "reduction"))
+@_validate.jit(static_argnames=("metric", "reduction"),
+               checks={"margin": _validate.non_negative})
 def contrastive_loss(
     embeddings_a: ArrayLike,
     embeddings_b: ArrayLike,
@@ -258,7 +286,8 @@ def contrastive_loss(
 # Triplet margin loss (PyTorch TripletMarginLoss).
 
 
-@functools.partial(jax.jit, static_argnames=("norm_degree", "swap", "reduction"))
+@_validate.jit(static_argnames=("norm_degree", "swap", "reduction"),
+               checks={"margin": _validate.non_negative})
 def triplet_margin_loss(
     anchors: ArrayLike,
     positives: ArrayLike,
@@ -315,8 +344,9 @@ def triplet_margin_loss(
     if swap:
         negative = jnp.minimum(negative, _lp_distance(p, n, norm_degree, eps))
     violation = positive - negative + jnp.asarray(margin, dtype)
-    # PyTorch's clamp_min passes the whole gradient at the tie (jnp.maximum halves it).
-    losses = jnp.where(violation >= 0, violation, 0)
+    # PyTorch's clamp_min: the whole gradient at the tie (jnp.maximum halves it), and
+    # NaN stays NaN.
+    losses = jnp.where(violation < 0, 0, violation)
     return weighted_reduce(losses, reduction, where=None, denominator=None)
 
 
@@ -333,7 +363,7 @@ def _logsumexp_where(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(empty, -jnp.inf, m[..., 0] + jnp.log(jnp.where(empty, 1, total)))
 
 
-@jax.jit
+@_validate.jit(checks={"temperature": _validate.positive})
 def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.07) -> jax.Array:
     r"""Normalized temperature-scaled cross-entropy (NT-Xent, SimCLR), optax's definition.
 
@@ -496,7 +526,17 @@ def _info_nce_bwd(symmetric, chunk, residuals, g):
 _info_nce.defvjp(_info_nce_fwd, _info_nce_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("symmetric", "chunk_size", "reduction"))
+def _replicated(x: jax.Array) -> jax.Array:
+    """``x`` whole on every device where its type is sharded over an Explicit mesh."""
+    sharding = jax.typeof(x).sharding
+    if sharding.mesh.empty or all(axis is None for axis in sharding.spec):
+        return x
+    return jax.sharding.reshard(
+        x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
+@_validate.jit(static_argnames=("symmetric", "chunk_size", "reduction"),
+               checks={"temperature": _validate.positive})
 def info_nce(
     queries: ArrayLike,
     keys: ArrayLike,
@@ -519,7 +559,8 @@ def info_nce(
     one log-sum-exp per row (and per column) and recomputes :math:`s` in the backward
     pass. With ``chunk_size`` the rows are processed ``chunk_size`` at a time, forward
     and backward, so the :math:`B \times B` score matrix is never held whole: memory
-    :math:`O(\text{chunk} \cdot B)` instead of :math:`O(B^2)`, same values.
+    :math:`O(\text{chunk} \cdot B)` instead of :math:`O(B^2)`, same values. Inputs
+    sharded over a mesh are gathered and the loss computed whole on every device.
 
     Args:
       queries: ``[B, D]`` (e.g. image embeddings).
@@ -549,6 +590,9 @@ def info_nce(
     if chunk_size is not None and chunk_size >= queries.shape[0]:
         chunk_size = None
     dtype = _validate.compute_dtype(queries.dtype, keys.dtype)
+    # Every row needs every key: inputs sharded over an Explicit mesh are gathered and
+    # the loss computed whole on each device (the cotangents flow back to the shards).
+    queries, keys = _replicated(queries), _replicated(keys)
     losses = _info_nce(queries, keys, jnp.asarray(temperature, dtype), bool(symmetric),
                        chunk_size)
     return weighted_reduce(losses, reduction, where=None, denominator=None)
@@ -571,9 +615,11 @@ def make_pairs(
     ``round(num_pairs * positive_fraction)`` pairs are drawn as positives (an anchor
     from a class with at least two examples, and another example of its class) and the
     rest as negatives (an anchor and an example of another class), each uniformly at
-    random, then shuffled. ``similar`` is computed from the labels, so
-    ``similar[i] == (labels[index_a[i]] == labels[index_b[i]])`` always holds, also
-    when the data make a balance impossible (a single class has no negatives).
+    random, then shuffled. No example is paired with itself. Where the data make the
+    balance impossible, every pair is of the kind that exists: all negatives when no
+    class has two members, all positives when there is a single class. ``similar`` is
+    computed from the labels, so ``similar[i] == (labels[index_a[i]] ==
+    labels[index_b[i]])`` always holds.
 
     Args:
       labels: integer class ids ``[N]``.
@@ -600,26 +646,29 @@ def make_pairs(
     rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
 
     key_pos, key_neg, key_pick_pos, key_pick_neg, key_shuffle = jax.random.split(key, 5)
-    n_pos = round(num_pairs * positive_fraction)
 
-    def anchors(key, eligible, size):
+    def anchors(key: jax.Array, eligible: jax.Array) -> jax.Array:
         weights = jnp.where(jnp.any(eligible), eligible, True).astype(jnp.float32)
-        return jax.random.choice(key, n, (size,), p=weights / jnp.sum(weights))
+        return jax.random.choice(key, n, (num_pairs,), p=weights / jnp.sum(weights))
 
-    # Positives: another member of the anchor's class, skipping the anchor itself.
-    a_pos = anchors(key_pos, count >= 2, n_pos)
-    r = jax.random.randint(key_pick_pos, (n_pos,), 0, jnp.maximum(count[a_pos] - 1, 1))
-    offset = rank[a_pos] - start[a_pos]
-    r = jnp.where(r >= offset, r + 1, r)
-    b_pos = order[jnp.minimum(start[a_pos] + r, n - 1)]
-    # Negatives: uniform over the examples outside the anchor's class block.
-    n_neg = num_pairs - n_pos
-    a_neg = anchors(key_neg, count < n, n_neg)
-    r = jax.random.randint(key_pick_neg, (n_neg,), 0, jnp.maximum(n - count[a_neg], 1))
+    # A positive for every slot: another member of the anchor's class (the anchor's
+    # own position in the sorted order is skipped).
+    a_pos = anchors(key_pos, count >= 2)
+    r = jax.random.randint(key_pick_pos, (num_pairs,), 0, jnp.maximum(count[a_pos] - 1, 1))
+    r = jnp.where(r >= rank[a_pos] - start[a_pos], r + 1, r)
+    b_pos = order[jnp.clip(start[a_pos] + r, 0, n - 1)]
+    # A negative for every slot: uniform over the examples outside the anchor's class.
+    a_neg = anchors(key_neg, count < n)
+    r = jax.random.randint(key_pick_neg, (num_pairs,), 0, jnp.maximum(n - count[a_neg], 1))
     r = jnp.where(r >= start[a_neg], r + count[a_neg], r)
-    b_neg = order[jnp.minimum(r, n - 1)]
+    b_neg = order[jnp.clip(r, 0, n - 1)]
 
+    # The first round(num_pairs * fraction) slots are positives where the data have
+    # any (a class with two members), and every slot is one where they have no
+    # negatives (a single class); then the slots are shuffled.
+    want_positive = jnp.arange(num_pairs) < round(num_pairs * positive_fraction)
+    positive = jnp.where(jnp.any(count >= 2), want_positive, False) | jnp.all(count == n)
     perm = jax.random.permutation(key_shuffle, num_pairs)
-    index_a = jnp.concatenate([a_pos, a_neg])[perm].astype(jnp.int32)
-    index_b = jnp.concatenate([b_pos, b_neg])[perm].astype(jnp.int32)
+    index_a = jnp.where(positive, a_pos, a_neg)[perm].astype(jnp.int32)
+    index_b = jnp.where(positive, b_pos, b_neg)[perm].astype(jnp.int32)
     return index_a, index_b, labels[index_a] == labels[index_b]

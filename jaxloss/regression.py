@@ -21,7 +21,9 @@ def _errors(predictions: ArrayLike, targets: ArrayLike | None) -> jax.Array:
     if targets is None:
         return predictions.astype(dtype)
     targets = _validate.numeric("targets", targets)
-    _validate.broadcast_shapes(("predictions", "targets"), predictions, targets)
+    # Targets may broadcast up to the predictions, never the other way: a [B, 1]
+    # output against [B] targets would silently become a [B, B] loss.
+    _validate.broadcasts_to("predictions", predictions, targets=targets)
     return predictions.astype(dtype) - targets.astype(dtype)
 
 

@@ -509,9 +509,15 @@ def test_hessian(x64):
     h_ref = jax.hessian(lambda x: ref_softmax_ce(
         x, jax.nn.one_hot(labels, C), label_smoothing=0.1).sum())(x)
     chex.assert_trees_all_close(h, h_ref, rtol=1e-9, atol=1e-12)
-    h = jax.jacrev(jax.jacrev(lambda x: sbce(x, jnp.asarray(SOFT[:2], float)).sum()))(x)
-    h_ref = jax.hessian(lambda x: ref_sigmoid_bce(x, jnp.asarray(SOFT[:2], float)).sum())(x)
-    chex.assert_trees_all_close(h, h_ref, rtol=1e-9, atol=1e-12)
+    y = jnp.asarray(SOFT[:2], float)
+    h_ref = jax.hessian(lambda x: ref_sigmoid_bce(x, y).sum())(x)
+    # Reverse over reverse, and jax.hessian's forward over reverse.
+    for hessian in (lambda f: jax.jacrev(jax.jacrev(f)), jax.hessian):
+        h = hessian(lambda x: sbce(x, y).sum())(x)
+        chex.assert_trees_all_close(h, h_ref, rtol=1e-9, atol=1e-12)
+    p = jnp.asarray(PROBS[:2], float)
+    h = jax.hessian(lambda p: bce(p, y).sum())(p)
+    chex.assert_trees_all_close(h, jax.hessian(lambda p: ref_bce(p, y).sum())(p), rtol=1e-9)
 
 
 def test_forward_mode_is_not_supported_through_custom_vjp():

@@ -552,6 +552,14 @@ def test_shapes_must_broadcast(name):
         jax.jit(ALL_FIVE[name])(np.ones((2, 3)), np.ones((4,)))
 
 
+@pytest.mark.parametrize("name", ALL_FIVE)
+def test_targets_may_not_broadcast_the_predictions_up(name):
+    """A [B, 1] model output against [B] targets would silently give a [B, B] loss."""
+    with pytest.raises(ValueError, match=r"targets must broadcast to the shape of "
+                                         r"predictions \(4, 1\)"):
+        ALL_FIVE[name](np.ones((4, 1)), np.ones((4,)))
+
+
 @pytest.mark.parametrize("delta", [0.0, -1.0])
 def test_huber_delta_must_be_positive(delta):
     with pytest.raises(ValueError, match="delta"):

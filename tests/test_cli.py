@@ -1,0 +1,193 @@
+"""`jaxloss demo`: the table, the PNG plots, data parallelism and argument errors.
+
+`check` and `--version` are covered in test_testing.py.
+"""
+
+import math
+import subprocess
+import sys
+import time
+
+import jax
+import matplotlib
+import numpy as np
+import pytest
+
+from jaxloss import cli
+
+matplotlib.use("Agg")
+
+import matplotlib.image  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path):
+    assert path.is_file(), f"{path} was not written"
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert float(np.std(image[..., :3])) > 0.01  # not a blank canvas
+
+
+def _row(out, task):
+    """The table row of a task, split on runs of two or more spaces."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("task"))
+    for name in ("loss", "dataset", "final train loss", "test metric", "seconds"):
+        assert name in lines[header]
+    assert set(lines[header + 1].replace(" ", "")) == {"-"}
+    (row,) = [line for line in lines[header + 2:] if line.startswith(task + " ")]
+    return [cell.strip() for cell in row.split("  ") if cell.strip()]
+
+
+def _metric(cell, name):
+    assert cell.startswith(name + " ")
+    return float(cell[len(name) + 1:])
+
+
+def _assert_short_error(err, *words):
+    assert err.strip(), "no message on stderr"
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 8
+    for word in words:
+        assert word in err
+
+
+@pytest.fixture
+def four_devices():
+    """Starts JAX's backend with conftest's 4 CPU devices, so that `--devices N` can no
+    longer re-split the host of this test process."""
+    assert jax.device_count() == 4
+    yield
+    assert jax.device_count() == 4
+
+
+def test_demo_binary_one_epoch_prints_the_row_and_writes_a_png(tmp_path, capsys):
+    out = tmp_path / "new" / "plots"  # created, parents included
+    assert cli.main(["demo", "--task", "binary", "--epochs", "1", "--out", str(out),
+                     "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    task, loss, dataset, train_loss, metric, seconds = _row(stdout, "binary")
+    assert (task, loss, dataset) == ("binary", "sigmoid_binary_cross_entropy", "breast_cancer")
+    assert math.isfinite(float(train_loss)) and float(train_loss) > 0
+    assert 0.0 <= _metric(metric, "accuracy") <= 1.0
+    assert float(seconds) >= 0
+    for other in ("regression", "multiclass", "siamese"):
+        assert not any(line.startswith(other + " ") for line in stdout.splitlines())
+    _assert_png(out / "loss_curves.png")
+    assert not (out / "siamese_embedding.png").exists()
+    assert "loss_curves.png" in stdout
+
+
+def test_demo_siamese_writes_the_embedding_plot(tmp_path, capsys):
+    assert cli.main(["demo", "--task", "siamese", "--epochs", "1", "--out", str(tmp_path),
+                     "--quiet"]) == 0
+    task, loss, dataset, train_loss, metric, _ = _row(capsys.readouterr().out, "siamese")
+    assert (task, loss, dataset) == ("siamese", "contrastive_loss", "digit_pairs")
+    assert math.isfinite(float(train_loss))
+    # Best-threshold pair accuracy is at least the majority share (about 0.5).
+    assert 0.45 <= _metric(metric, "pair accuracy") <= 1.0
+    _assert_png(tmp_path / "loss_curves.png")
+    _assert_png(tmp_path / "siamese_embedding.png")
+
+
+def test_demo_data_parallel_on_two_of_the_four_devices(tmp_path, capsys, monkeypatch,
+                                                       four_devices):
+    meshes = []
+    original = cli.run_demo_task
+
+    def spy(task, **kwargs):
+        meshes.append(kwargs["mesh"])
+        return original(task, **kwargs)
+
+    monkeypatch.setattr(cli, "run_demo_task", spy)
+    assert cli.main(["demo", "--devices", "2", "--task", "multiclass", "--epochs", "1",
+                     "--out", str(tmp_path), "--quiet"]) == 0
+    (mesh,) = meshes
+    assert mesh is not None
+    assert dict(mesh.shape) == {"data": 2}
+    assert len(set(mesh.devices.flat)) == 2
+    task, loss, dataset, train_loss, metric, _ = _row(capsys.readouterr().out, "multiclass")
+    assert (task, loss, dataset) == ("multiclass", "softmax_cross_entropy_with_integer_labels",
+                                     "digits")
+    assert math.isfinite(float(train_loss))
+    assert 0.0 <= _metric(metric, "accuracy") <= 1.0
+    _assert_png(tmp_path / "loss_curves.png")
+
+
+def test_demo_more_devices_than_available_exits_2(tmp_path, capsys, monkeypatch, four_devices):
+    def never(*args, **kwargs):
+        raise AssertionError("trained despite too many --devices")
+
+    monkeypatch.setattr(cli, "run_demo_task", never)
+    assert cli.main(["demo", "--devices", "64", "--task", "binary", "--epochs", "1",
+                     "--out", str(tmp_path), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    _assert_short_error(captured.err, "--devices", "64", "device")
+    assert "4" in captured.err  # how many there are
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--task", "nope"], ["jaxloss demo", "--task", "nope"]),
+    (["--epochs", "0"], ["jaxloss demo", "--epochs", "0"]),
+    (["--epochs", "x"], ["jaxloss demo", "--epochs", "x"]),
+    (["--epochs", "-3"], ["jaxloss demo", "--epochs"]),
+    (["--devices", "0"], ["jaxloss demo", "--devices", "0"]),
+    (["--devices", "two"], ["jaxloss demo", "--devices"]),
+    (["--seed", "1.5"], ["jaxloss demo", "--seed"]),
+    (["--no-such-flag"], ["jaxloss", "--no-such-flag"]),  # argparse: the top parser's
+], ids=["task-nope", "epochs-0", "epochs-x", "epochs-negative", "devices-0", "devices-two",
+        "seed-float", "unknown-flag"])
+def test_demo_bad_arguments_exit_2_with_a_short_message(args, words, tmp_path, capsys,
+                                                        monkeypatch):
+    monkeypatch.setattr(cli, "run_demo_task", _never_trains)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", *args, "--out", str(tmp_path / "out"), "--quiet"])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _assert_short_error(captured.err, "error", *words)
+    assert not (tmp_path / "out").exists()
+
+
+def _never_trains(*args, **kwargs):
+    raise AssertionError("run_demo_task was called")
+
+
+def test_demo_unwritable_out_is_reported_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "run_demo_task", _never_trains)
+    blocker = tmp_path / "f"
+    blocker.write_text("a regular file")
+    began = time.perf_counter()
+    assert cli.main(["demo", "--task", "binary", "--epochs", "1", "--out",
+                     str(blocker / "sub"), "--quiet"]) == 2
+    assert time.perf_counter() - began < 5
+    captured = capsys.readouterr()
+    _assert_short_error(captured.err, "--out", str(blocker / "sub"))
+    assert "task" not in captured.out  # no table
+    assert blocker.read_text() == "a regular file"
+
+
+def test_demo_out_that_is_a_file_is_reported(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "run_demo_task", _never_trains)
+    target = tmp_path / "plots.png"
+    target.write_bytes(b"not a folder")
+    assert cli.main(["demo", "--task", "regression", "--out", str(target), "--quiet"]) == 2
+    _assert_short_error(capsys.readouterr().err, "--out")
+    assert target.read_bytes() == b"not a folder"
+
+
+def test_python_dash_m_jaxloss_demo_regression(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxloss", "demo", "--task", "regression", "--epochs", "1",
+         "--quiet", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    task, loss, dataset, train_loss, metric, _ = _row(result.stdout, "regression")
+    assert (task, loss, dataset) == ("regression", "mean_squared_error", "diabetes")
+    assert math.isfinite(float(train_loss))
+    assert math.isfinite(_metric(metric, "R²"))
+    _assert_png(out / "loss_curves.png")
