@@ -455,63 +455,109 @@ def softmax_cross_entropy(
 # Softmax cross-entropy with integer labels (PyTorch CrossEntropyLoss).
 
 
-def _integer_target(x, labels, class_weights, smoothing, valid):
-    r"""PyTorch's weighted, smoothed target :math:`a_c = w_c q_c`,
-    :math:`q = (1 - \epsilon)\,\mathrm{onehot}(y) + \epsilon u`; also the one-hot (a
-    compare against an iota, which shards where a gather would not)."""
+def _class_axis_sharded(x: jax.Array) -> bool:
+    """Whether the class (last) axis is sharded over an Explicit mesh."""
+    spec = jax.typeof(x).sharding.spec
+    return len(spec) == x.ndim and spec[-1] is not None
+
+
+def _pick(x: jax.Array, labels: jax.Array, gather: bool) -> jax.Array:
+    """``x[..., label]`` along the last axis; 0 for a label outside ``[0, C)``.
+
+    A gather is one read per row; XLA's CPU backend takes as long for the one-hot
+    compare-and-sum as for three passes over the logits. Where the class axis is
+    sharded the gather's output sharding is ambiguous, and the compare is used."""
+    if gather:
+        inside = (labels >= 0) & (labels < x.shape[-1])
+        index = jnp.where(inside, labels, 0)[..., None]
+        return jnp.where(inside, jnp.take_along_axis(x, index, axis=-1)[..., 0], 0)
     classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    onehot = (labels[..., None] == classes).astype(x.dtype)
-    target = onehot if smoothing is None else (
-        (1 - smoothing) * onehot + smoothing * _smoothing_support(x, valid)
-    )
+    return jnp.sum(jnp.where(classes == labels[..., None], x, 0), axis=-1)
+
+
+def _place(values: jax.Array, labels: jax.Array, like: jax.Array, gather: bool) -> jax.Array:
+    """``values`` at each row's label, 0 elsewhere: the transpose of :func:`_pick`."""
+    _, transpose = jax.vjp(lambda z: _pick(z, labels, gather), like)
+    return transpose(values)[0]
+
+
+def _smoothing_terms(x, class_weights, smoothing, valid):
+    """``eps * w * u``, the smoothing part of the target (None without smoothing)."""
+    if smoothing is None:
+        return None
+    target = smoothing * _smoothing_support(x, valid)
+    return target if class_weights is None else target * class_weights
+
+
+def _label_coefficient(x, labels, class_weights, smoothing, gather):
+    """:math:`(1 - \\epsilon) w_y`, the target weight of each row's label."""
+    coefficient = jnp.ones(labels.shape, x.dtype)
     if class_weights is not None:
-        target = target * class_weights
-    return target, onehot
+        coefficient = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
+    return coefficient if smoothing is None else (1 - smoothing) * coefficient
 
 
-@jax.custom_vjp
-def _integer_ce(logits, labels, class_weights, smoothing, valid):
-    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _integer_ce(logits, labels, class_weights, smoothing, valid, gather):
+    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather)[0]
 
 
-def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid):
-    r""":math:`\ell = \sum_c a_c(\mathrm{lse}(x) - x_c)`, NaN for a label outside
-    ``[0, C)``; residuals: the inputs and :math:`\mathrm{lse}` per row."""
+def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather):
+    r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
+    (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`; NaN for a label
+    outside ``[0, C)``. Residuals: the inputs and :math:`\mathrm{lse}` per row."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     m, log_s = _log_normalizer(x, valid)
-    target, onehot = _integer_target(x, labels, class_weights, smoothing, valid)
-    loss = jnp.sum(_times(target, _neg_log_softmax(x, m, log_s)), axis=-1)
-    in_range = jnp.any(onehot > 0, axis=-1)
+    label_nll = (m[..., 0] - _pick(x, labels, gather)) + log_s[..., 0]
+    loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_nll)
+    smooth = _smoothing_terms(x, class_weights, smoothing, valid)
+    if smooth is not None:
+        loss = loss + jnp.sum(_times(smooth, _neg_log_softmax(x, m, log_s)), axis=-1)
+    in_range = (labels >= 0) & (labels < x.shape[-1])
     loss = jnp.where(in_range, loss, jnp.nan)
     return loss, (logits, labels, class_weights, smoothing, valid, m + log_s)
 
 
-def _integer_ce_bwd(residuals, g):
-    r""":math:`\partial\ell/\partial x = p \sum_c a_c - a` (NaN on rows whose label is
-    out of range); :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n -
-    x_{nc})`; :math:`\partial\ell/\partial\epsilon = \sum_{n,c} w_c (u_{nc} -
-    \mathrm{onehot}_{nc})(\mathrm{lse}_n - x_{nc})`."""
+def _integer_ce_bwd(gather, residuals, g):
+    r""":math:`\partial\ell/\partial x = p \sum_c a_c - a` with :math:`a = \alpha\,
+    \mathrm{onehot}(y) + \epsilon w u` (NaN on rows whose label is out of range);
+    :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n - x_{nc})`;
+    :math:`\partial\ell/\partial\epsilon = \sum_n [\sum_c w_c u_{nc}(\mathrm{lse}_n
+    - x_{nc}) - w_{y_n}(\mathrm{lse}_n - x_{n y_n})]`."""
     logits, labels, class_weights, smoothing, valid, lse = residuals
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
-    target, onehot = _integer_target(x, labels, class_weights, smoothing, valid)
-    in_range = jnp.any(onehot > 0, axis=-1)
-    d_logits = _cross_entropy_grad(x, lse, valid, target, g)
-    flagged = ~in_range & (g != 0)
+    alpha = _label_coefficient(x, labels, class_weights, smoothing, gather)
+    smooth = _smoothing_terms(x, class_weights, smoothing, valid)
+    total = alpha if smooth is None else alpha + jnp.sum(smooth, axis=-1)
+    p = _softmax(x, lse, valid)
+    d_logits = _times((g * total)[..., None], p)
+    if smooth is not None:
+        d_logits = d_logits - _times(g[..., None], smooth)
+    d_logits = d_logits - _place(_times(g, alpha), labels, x, gather)
+    flagged = ~((labels >= 0) & (labels < x.shape[-1])) & (g != 0)
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
-    nll = lse - x
+
     d_weights = d_smoothing = None
+    if class_weights is not None or smoothing is not None:
+        nll = lse - x
+        label_nll = lse[..., 0] - _pick(x, labels, gather)
+        keep = 1.0 if smoothing is None else 1 - smoothing
     if class_weights is not None:
-        unweighted = _integer_target(x, labels, None, smoothing, valid)[0]
-        per_class = _times(g[..., None], _times(unweighted, nll))
+        per_class = _place(_times(g, keep * label_nll), labels, x, gather)
+        if smoothing is not None:
+            uniform = smoothing * _smoothing_support(x, valid)
+            per_class = per_class + _times(g[..., None], _times(uniform, nll))
         d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     if smoothing is not None:
-        shift = _smoothing_support(x, valid) - onehot
+        w_u = _smoothing_support(x, valid)
+        w_y = jnp.ones(labels.shape, dtype)
         if class_weights is not None:
-            shift = shift * class_weights
-        d_smoothing = jnp.sum(_times(g[..., None], _times(shift, nll)))
-        d_smoothing = d_smoothing.astype(smoothing.dtype)
+            w_u = w_u * class_weights
+            w_y = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
+        shift = jnp.sum(_times(w_u, nll), axis=-1) - _times(w_y, label_nll)
+        d_smoothing = jnp.sum(_times(g, shift)).astype(smoothing.dtype)
     return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None
 
 
@@ -615,11 +661,11 @@ def softmax_cross_entropy_with_integer_labels(
         keep = ~ignored if keep is None else keep & ~ignored
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
-    losses = _integer_ce(x, labels, class_weights, smoothing, valid)
+    gather = not _class_axis_sharded(x)
+    losses = _integer_ce(x, labels, class_weights, smoothing, valid, gather)
     denominator = None
     if class_weights is not None:
-        classes = jnp.arange(num_classes, dtype=labels.dtype)
-        denominator = jnp.sum(jnp.where(labels[..., None] == classes, class_weights, 0), -1)
+        denominator = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
     return weighted_reduce(losses, reduction, where=keep, denominator=denominator)
 
 

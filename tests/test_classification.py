@@ -232,7 +232,7 @@ def test_label_and_option_gradients(x64):
     # The smoothing coefficient itself, through a traced value.
     smoothing_grad = jax.grad(
         lambda e: jaxloss.classification._integer_ce(
-            jnp.asarray(LOGITS, float), jnp.asarray(LABELS), None, e, None).sum())(0.1)
+            jnp.asarray(LOGITS, float), jnp.asarray(LABELS), None, e, None, True).sum())(0.1)
     want = jax.grad(lambda e: ref_torch_cross_entropy(
         jnp.asarray(LOGITS, float), LABELS, label_smoothing=e, reduction="sum"))(0.1)
     np.testing.assert_allclose(smoothing_grad, want, rtol=1e-10)
@@ -582,6 +582,21 @@ def test_sharded_inputs(mesh):
         chex.assert_trees_all_close(value, want_value, rtol=1e-6)
         chex.assert_trees_all_close(grad, want_grad, rtol=1e-6, atol=1e-7)
         assert grad.sharding.spec[0] == "data"
+
+
+def test_class_axis_sharded_logits(mesh):
+    """Logits split over the classes take the one-hot compare (a gather's output
+    sharding is ambiguous there): same values and gradients as the gather."""
+    logits = np.tile(LOGITS, (1, 4))[:, :16]  # 16 classes over 4 devices
+    columns = jax.device_put(logits, NamedSharding(mesh, P(None, "data")))
+    for kwargs in ({}, {"label_smoothing": 0.2, "class_weights": np.linspace(0.5, 2, 16),
+                        "ignore_index": 3, "reduction": "mean"}):
+        f = jax.jit(jax.value_and_grad(lambda x, kw=kwargs: ice(x, LABELS, **kw).sum()))
+        value, grad = f(columns)
+        want_value, want_grad = f(logits)
+        chex.assert_trees_all_close(value, want_value, rtol=1e-6)
+        chex.assert_trees_all_close(grad, want_grad, rtol=1e-6, atol=1e-7)
+        assert grad.sharding.spec[1] == "data"
 
 
 # ---------------------------------------------------------------------------------
