@@ -23,6 +23,7 @@ from jaxloss.contrastive import (
     pairwise_distance,
     triplet_margin_loss,
 )
+from jaxloss.large_vocab import linear_softmax_cross_entropy
 from jaxloss.regression import (
     huber_loss,
     l2_loss,
@@ -45,6 +46,7 @@ __all__ = [
     "huber_loss",
     "info_nce",
     "l2_loss",
+    "linear_softmax_cross_entropy",
     "mae",
     "make_pairs",
     "mean_absolute_error",
