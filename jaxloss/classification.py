@@ -294,13 +294,49 @@ def _dense_inputs(
     return x, labels, valid
 
 
-def _log_normalizer(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``."""
+# Rows longer than this are reduced in blocks; see _log_normalizer.
+_LONG_ROW = 32768
+_BLOCK_RANGE = (1024, 4096)
+
+
+def _row_block(classes: int) -> int | None:
+    """The largest divisor of ``classes`` in ``_BLOCK_RANGE`` for a long row, else None."""
+    if classes <= _LONG_ROW:
+        return None
+    low, high = _BLOCK_RANGE
+    return next((b for b in range(high, low - 1, -1) if classes % b == 0), None)
+
+
+def _log_normalizer(
+    x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array]:
+    """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``, in
+    ``dtype``. The maxima are taken in ``x``'s own dtype (exact) so that the only
+    conversion is inside the sum, where XLA fuses it instead of copying ``x``.
+
+    A long row is reduced in blocks of a few thousand classes (a free reshape): each
+    block's max and sum of exponentials, then the blocks' sums rescaled to the row's
+    max. Mathematically the same sum; measured on XLA's CPU backend, the one-level
+    form of a row of 131072 classes took 6x as long (98 ms against 16 ms at
+    [256, 131072] float32), while rows of a few thousand run at the speed of a pass
+    over memory."""
     if valid is not None:
         x = jnp.where(valid, x, -jnp.inf)
-    m = jnp.max(x, axis=-1, keepdims=True)
-    m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), 0, m))
-    log_s = jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True))
+    block = _row_block(x.shape[-1])
+    if block is None:
+        m = jnp.max(x, axis=-1, keepdims=True).astype(dtype)
+        m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), 0, m))
+        log_s = jnp.log(jnp.sum(jnp.exp(x.astype(dtype) - m), axis=-1, keepdims=True))
+        return m, log_s
+    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
+    block_max = jax.lax.stop_gradient(jnp.max(xb, axis=-1).astype(dtype))
+    shift = jnp.where(jnp.isneginf(block_max), 0, block_max)
+    block_sum = jnp.sum(jnp.exp(xb.astype(dtype) - shift[..., None]), axis=-1)
+    m = jnp.max(block_max, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isneginf(m), 0, m)
+    # An empty block has block_sum 0 and scale exp(-inf) = 0: no 0 * inf.
+    scale = jnp.exp(block_max - m)
+    log_s = jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
     return m, log_s
 
 
@@ -358,7 +394,7 @@ def _softmax_ce_fwd(logits, labels, smoothing, valid):
     r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x) - x_c)`; residuals: the inputs and
     :math:`\mathrm{lse}` per row."""
     x = logits.astype(labels.dtype)
-    m, log_s = _log_normalizer(x, valid)
+    m, log_s = _log_normalizer(logits, valid, labels.dtype)
     target = _dense_target(x, labels, smoothing, valid)
     loss = jnp.sum(_times(target, _neg_log_softmax(x, m, log_s)), axis=-1)
     return loss, (logits, labels, smoothing, valid, m + log_s)
@@ -475,10 +511,12 @@ def _pick(x: jax.Array, labels: jax.Array, gather: bool) -> jax.Array:
     return jnp.sum(jnp.where(classes == labels[..., None], x, 0), axis=-1)
 
 
-def _place(values: jax.Array, labels: jax.Array, like: jax.Array, gather: bool) -> jax.Array:
-    """``values`` at each row's label, 0 elsewhere: the transpose of :func:`_pick`."""
-    _, transpose = jax.vjp(lambda z: _pick(z, labels, gather), like)
-    return transpose(values)[0]
+def _at_label(values: jax.Array, labels: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``values`` (one per row) at each row's label, 0 elsewhere: the transpose of
+    :func:`_pick`. The iota compare fuses into the backward pass's one elementwise
+    pass over the logits; a scatter would be a pass of its own."""
+    classes = jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1)
+    return jnp.where(classes == labels[..., None], values[..., None], 0)
 
 
 def _smoothing_terms(x, class_weights, smoothing, valid):
@@ -508,8 +546,10 @@ def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather):
     outside ``[0, C)``. Residuals: the inputs and :math:`\mathrm{lse}` per row."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
-    m, log_s = _log_normalizer(x, valid)
-    label_nll = (m[..., 0] - _pick(x, labels, gather)) + log_s[..., 0]
+    m, log_s = _log_normalizer(logits, valid, dtype)
+    # Picked from the input dtype: a gather from the float32 copy of bf16 logits would
+    # make XLA materialize that copy.
+    label_nll = (m[..., 0] - _pick(logits, labels, gather).astype(dtype)) + log_s[..., 0]
     loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_nll)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     if smooth is not None:
@@ -535,7 +575,7 @@ def _integer_ce_bwd(gather, residuals, g):
     d_logits = _times((g * total)[..., None], p)
     if smooth is not None:
         d_logits = d_logits - _times(g[..., None], smooth)
-    d_logits = d_logits - _place(_times(g, alpha), labels, x, gather)
+    d_logits = d_logits - _at_label(_times(g, alpha), labels, x.shape)
     flagged = ~((labels >= 0) & (labels < x.shape[-1])) & (g != 0)
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
 
@@ -545,7 +585,9 @@ def _integer_ce_bwd(gather, residuals, g):
         label_nll = lse[..., 0] - _pick(x, labels, gather)
         keep = 1.0 if smoothing is None else 1 - smoothing
     if class_weights is not None:
-        per_class = _place(_times(g, keep * label_nll), labels, x, gather)
+        # A compare-and-sum down the rows, not a scatter: it fuses, and it has an
+        # unambiguous sharding when the rows are split over devices.
+        per_class = _at_label(_times(g, keep * label_nll), labels, x.shape)
         if smoothing is not None:
             uniform = smoothing * _smoothing_support(x, valid)
             per_class = per_class + _times(g[..., None], _times(uniform, nll))

@@ -1,4 +1,5 @@
-"""Four CPU devices for the pmap and sharding tests; must run before JAX starts."""
+"""Four CPU devices for the pmap and sharding tests (JAXLOSS_TEST_DEVICES overrides it,
+for the 8-device run of tests/distributed); must run before JAX starts."""
 
 import os
 
@@ -6,7 +7,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import chex  # noqa: E402
 
-chex.set_n_cpu_devices(4)
+chex.set_n_cpu_devices(int(os.environ.get("JAXLOSS_TEST_DEVICES", "4")))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
