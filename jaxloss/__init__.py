@@ -5,6 +5,7 @@ cross-entropies carry a ``jax.custom_vjp`` whose backward pass is the closed-for
 derivative. Names, call convention and values follow ``optax.losses``.
 """
 
+from jaxloss import distributed  # noqa: F401  (jaxloss.distributed.data_mesh, ...)
 from jaxloss._checked import checked
 from jaxloss._reduce import reduce
 from jaxloss.classification import (
@@ -21,6 +22,7 @@ from jaxloss.contrastive import (
     make_pairs,
     ntxent,
     pairwise_distance,
+    siglip_loss,
     triplet_margin_loss,
 )
 from jaxloss.large_vocab import linear_softmax_cross_entropy
@@ -56,6 +58,7 @@ __all__ = [
     "pairwise_distance",
     "reduce",
     "sigmoid_binary_cross_entropy",
+    "siglip_loss",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "squared_error",

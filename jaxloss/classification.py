@@ -16,6 +16,10 @@ input):
   the label disagrees) and the gradient ``sigmoid(x) - y``.
 - Bad values cannot raise under ``jit``: an out-of-range integer label gives NaN;
   wrap the loss in :func:`jaxloss.checked` to raise instead.
+
+Inside ``jax.shard_map`` (rows split over devices) the inputs of each custom_vjp are
+first typed alike with :func:`jaxloss.distributed.match_varying`, so a replicated
+option (``pos_weight``, ``class_weights``) gets its gradient summed over the devices.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from jaxloss import _validate
 from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
+from jaxloss.distributed import match_varying
 
 __all__ = [
     "binary_cross_entropy",
@@ -156,7 +161,7 @@ def sigmoid_binary_cross_entropy(
     labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
     labels = jnp.broadcast_to(labels, shape)
     pos_weight = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
-    losses = _sigmoid_bce(logits, labels, jnp.broadcast_to(pos_weight, shape))
+    losses = _sigmoid_bce(*match_varying(logits, labels, jnp.broadcast_to(pos_weight, shape)))
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 
@@ -238,7 +243,7 @@ def binary_cross_entropy(
     _validate.broadcasts_to("probabilities", probabilities, labels=labels, where=where)
     dtype = _validate.compute_dtype(probabilities.dtype)
     labels = jnp.broadcast_to(labels.astype(dtype), probabilities.shape)
-    losses = _bce(probabilities, labels)
+    losses = _bce(*match_varying(probabilities, labels))
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 
@@ -482,7 +487,7 @@ def softmax_cross_entropy(
     x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype)
     # label_smoothing is static: 0 compiles without the smoothing terms.
     smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
-    losses = _softmax_ce(x, y, smoothing, valid)
+    losses = _softmax_ce(*match_varying(x, y, smoothing, valid))
     rows = None if valid is None else jnp.any(valid, axis=-1)
     return weighted_reduce(losses, reduction, where=rows, denominator=None)
 
@@ -704,7 +709,7 @@ def softmax_cross_entropy_with_integer_labels(
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
     gather = not _class_axis_sharded(x)
-    losses = _integer_ce(x, labels, class_weights, smoothing, valid, gather)
+    losses = _integer_ce(*match_varying(x, labels, class_weights, smoothing, valid), gather)
     denominator = None
     if class_weights is not None:
         denominator = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
@@ -801,5 +806,5 @@ def categorical_cross_entropy(
         p = jnp.where(valid, p, jnp.where(rows, 0, 1))
         y = jnp.where(valid, y, 0)
         rows = rows[..., 0]
-    losses = _categorical_ce(p, y)
+    losses = _categorical_ce(*match_varying(p, y))
     return weighted_reduce(losses, reduction, where=rows, denominator=None)

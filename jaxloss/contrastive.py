@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _validate
+from jaxloss import distributed as dist
 from jaxloss._checked import check_in_range, register_checks
 from jaxloss._math import abs0
 from jaxloss._math import safe_divide as _safe_divide
@@ -32,6 +33,7 @@ __all__ = [
     "make_pairs",
     "ntxent",
     "pairwise_distance",
+    "siglip_loss",
     "triplet_margin_loss",
 ]
 
@@ -90,7 +92,7 @@ _euclidean.defvjp(_euclidean_fwd, _euclidean_bwd)
 def _lp_distance(a: jax.Array, b: jax.Array, p: float, eps: jax.Array) -> jax.Array:
     r""":math:`\lVert a - b + \epsilon \rVert_p` with a zero gradient at distance 0."""
     if p == 2:
-        return _euclidean(a, b, eps)
+        return _euclidean(*dist.match_varying(a, b, eps))
     x = a - b + eps
     if p == 1:
         return jnp.sum(abs0(x), axis=-1)
@@ -128,7 +130,7 @@ def _embedding_pair(
 
 def _distance(a: jax.Array, b: jax.Array, metric: str) -> jax.Array:
     if metric == "euclidean":
-        return _euclidean(a, b, jnp.zeros((), a.dtype))
+        return _euclidean(*dist.match_varying(a, b, jnp.zeros((), a.dtype)))
     if metric == "squared_euclidean":
         return jnp.sum(jnp.square(a - b), axis=-1)
     if metric == "cosine":
@@ -363,8 +365,14 @@ def _logsumexp_where(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(empty, -jnp.inf, m[..., 0] + jnp.log(jnp.where(empty, 1, total)))
 
 
-@_validate.jit(checks={"temperature": _validate.positive})
-def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.07) -> jax.Array:
+@_validate.jit(static_argnames=("axis_name",), checks={"temperature": _validate.positive})
+def ntxent(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    temperature: ArrayLike = 0.07,
+    *,
+    axis_name: dist.AxisName | None = None,
+) -> jax.Array:
     r"""Normalized temperature-scaled cross-entropy (NT-Xent, SimCLR), optax's definition.
 
     With :math:`s_{ij} = \cos(e_i, e_j)/\tau`, :math:`P` the positive pairs
@@ -378,13 +386,27 @@ def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.
     with no positive pair gives 0 with a zero gradient (optax: NaN), and a row with no
     negative contributes 0 per positive.
 
+    **Across devices** (``axis_name``, inside ``jax.shard_map``): each device holds
+    :math:`b = B/n` rows of ``embeddings`` and ``labels``; the normalized embeddings
+    and the labels of every device are gathered (the embeddings' gradient
+    reduce-scattered back to their owner), each device computes its :math:`b \times B`
+    rows of :math:`s`, and the sum over its positive pairs and their count are
+    ``psum``-med: every device returns the global :math:`L`, equal to the single-device
+    value, and the gradients equal the single-device ones.
+
     Args:
-      embeddings: ``[batch, features]``.
+      embeddings: ``[batch, features]`` (this device's rows with ``axis_name``).
       labels: integer group ids ``[batch]``; equal ids mark positive pairs.
       temperature: :math:`\tau > 0`.
+      axis_name: the mesh axis (or tuple of axes) the batch is split over, inside
+        ``jax.shard_map``; None (default) for the whole batch on one device.
 
     Returns:
-      A scalar, the mean over positive pairs.
+      A scalar, the mean over positive pairs (of the global batch with ``axis_name``).
+
+    Raises:
+      ValueError: ``axis_name`` is not bound (the call is not inside a
+        ``jax.shard_map`` over that axis).
 
     References:
       Chen et al., `A Simple Framework for Contrastive Learning of Visual
@@ -397,19 +419,31 @@ def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.
                          f"{_validate.describe(embeddings)}")
     _validate.same_shape("labels", labels, embeddings.shape[:1], "one label per embedding")
     _validate.positive("temperature", temperature)
+    _check_axis_name(axis_name)
     dtype = _validate.compute_dtype(embeddings.dtype)
     e = embeddings.astype(dtype)
     # optax's cosine similarity: squared norms clipped at the dtype's epsilon.
     eps = jnp.finfo(embeddings.dtype).eps
     unit = e / jnp.sqrt(jnp.clip(jnp.sum(e * e, axis=-1, keepdims=True), eps))
-    s = (unit @ unit.T) / jnp.asarray(temperature, dtype)
-    same = labels[:, None] == labels[None, :]
-    positives = same & ~jnp.eye(labels.shape[0], dtype=bool)
+    rows = labels.shape[0]
+    if axis_name is None:
+        unit_all, labels_all, offset = unit, labels, 0
+    else:
+        unit_all = dist.all_gather_with_grad(unit, axis_name)
+        labels_all = dist.all_gather_with_grad(labels, axis_name)
+        offset = dist.axis_index(axis_name) * rows
+    s = (unit @ unit_all.T) / jnp.asarray(temperature, dtype)
+    same = labels[:, None] == labels_all[None, :]
+    itself = jnp.arange(rows)[:, None] + offset == jnp.arange(labels_all.shape[0])[None, :]
+    positives = same & ~itself
     negatives_lse = _logsumexp_where(s, ~same)
     # -log(e^s / (e^s + sum_neg)) = logaddexp(s, lse_neg) - s, finite for finite s.
     per_pair = jnp.logaddexp(s, negatives_lse[:, None]) - s
     total = jnp.sum(jnp.where(positives, per_pair, 0))
-    return _safe_divide(total, jnp.sum(positives).astype(dtype))
+    count = jnp.sum(positives).astype(dtype)
+    if axis_name is not None:
+        total, count = jax.lax.psum((total, count), dist._axes(axis_name))
+    return _safe_divide(total, count)
 
 
 # ---------------------------------------------------------------------------------
@@ -428,27 +462,52 @@ def _row_chunks(x: jax.Array, chunk: int) -> jax.Array:
     return x.reshape(-1, chunk, x.shape[1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _info_nce(q, k, temperature, symmetric, chunk):
-    return _info_nce_fwd(q, k, temperature, symmetric, chunk)[0]
+def _column_lse(col_max: jax.Array, col_sum: jax.Array, axis_name) -> jax.Array:
+    """The log-sum-exp of each column from per-device partials ``(max, sum)`` with
+    ``lse_r = max + log(sum)``: the global max by ``pmax``, the rescaled sums by ``psum``."""
+    axes = dist._axes(axis_name)
+    col_max = jnp.where(jnp.isfinite(col_max), col_max, 0)
+    top = jax.lax.pmax(col_max, axes)
+    total = jax.lax.psum(col_sum * jnp.exp(col_max - top), axes)
+    return top + jnp.log(total)
 
 
-def _info_nce_fwd(q, k, temperature, symmetric, chunk):
-    r"""Row :math:`i`: :math:`\mathrm{lse}_j(s_{ij}) - s_{ii}`; symmetric adds the column
-    term and halves. Residuals: the inputs and one log-sum-exp per row (and column)."""
+def _carry(axis_name, *init: jax.Array) -> tuple[jax.Array, ...]:
+    """A scan's initial carry, varying over ``axis_name`` like the values it meets."""
+    return init if axis_name is None else tuple(dist.varying(x, axis_name) for x in init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _info_nce(q, k, k_all, temperature, symmetric, chunk, axis_name):
+    return _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name)[0]
+
+
+def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name):
+    r"""Row :math:`i`: :math:`\mathrm{lse}_j(s_{ij}) - s_{i,o+i}`; symmetric adds the
+    column term and halves. ``q`` and ``k`` are this device's rows, ``k_all`` the keys
+    of every device (``k`` itself on one device), :math:`o` the offset of this device's
+    rows. Residuals: the inputs and one log-sum-exp per row (and column)."""
     batch = q.shape[0]
     diagonal = jnp.sum(q.astype(temperature.dtype) * k, axis=-1) / temperature
     if chunk is None:
-        s = _scores(q, k, temperature)
+        s = _scores(q, k_all, temperature)
         row_lse = jax.nn.logsumexp(s, axis=1)
-        col_lse = jax.nn.logsumexp(s, axis=0) if symmetric else None
+        if symmetric and axis_name is None:
+            col_lse = jax.nn.logsumexp(s, axis=0)
+        elif symmetric:
+            col_max = jnp.max(s, axis=0)
+            col_sum = jnp.sum(jnp.exp(s - jnp.where(jnp.isfinite(col_max), col_max, 0)), axis=0)
+            col_lse = _column_lse(col_max, col_sum, axis_name)
+        else:
+            col_lse = None
     else:
         starts = jnp.arange(0, batch + (-batch % chunk), chunk)
+        columns = k_all.shape[0]
 
         def step(carry, xs):
             col_max, col_sum = carry
             q_chunk, start = xs
-            s = _scores(q_chunk, k, temperature)
+            s = _scores(q_chunk, k_all, temperature)
             real = (start + jnp.arange(chunk) < batch)[:, None]
             s = jnp.where(real, s, -jnp.inf)
             row_lse = jax.nn.logsumexp(s, axis=1)
@@ -459,27 +518,39 @@ def _info_nce_fwd(q, k, temperature, symmetric, chunk):
                 col_max = new_max
             return (col_max, col_sum), row_lse
 
-        init = (jnp.full((batch,), -jnp.inf, temperature.dtype),
-                jnp.zeros((batch,), temperature.dtype))
+        init = _carry(axis_name, jnp.full((columns,), -jnp.inf, temperature.dtype),
+                      jnp.zeros((columns,), temperature.dtype))
         (col_max, col_sum), row_lse = jax.lax.scan(step, init, (_row_chunks(q, chunk), starts))
         row_lse = row_lse.reshape(-1)[:batch]
-        col_lse = col_max + jnp.log(col_sum) if symmetric else None
+        if not symmetric:
+            col_lse = None
+        elif axis_name is None:
+            col_lse = col_max + jnp.log(col_sum)
+        else:
+            col_lse = _column_lse(col_max, col_sum, axis_name)
     loss = row_lse - diagonal
     if symmetric:
-        loss = 0.5 * (loss + col_lse - diagonal)
-    return loss, (q, k, temperature, row_lse, col_lse)
+        own = col_lse if axis_name is None else jax.lax.dynamic_slice_in_dim(
+            col_lse, dist.axis_index(axis_name) * batch, batch)
+        loss = 0.5 * (loss + own - diagonal)
+    return loss, (q, k, k_all, temperature, row_lse, col_lse)
 
 
-def _info_nce_bwd(symmetric, chunk, residuals, g):
-    r"""With :math:`G_{ij} = g^r_i P^r_{ij} + g^c_j P^c_{ij} - \delta_{ij}(g^r_i + g^c_i)`
-    (:math:`P^r, P^c` the row and column softmax of :math:`s`):
-    :math:`\partial/\partial q = G k/\tau`, :math:`\partial/\partial k = G^\top q/\tau`,
+def _info_nce_bwd(symmetric, chunk, axis_name, residuals, g):
+    r"""With :math:`G_{ij} = g^r_i P^r_{ij} + g^c_j P^c_{ij} - \delta_{j,o+i}(g^r_i +
+    g^c_{o+i})` (:math:`P^r, P^c` the row and column softmax of :math:`s`, :math:`g^c`
+    gathered from every device): :math:`\partial/\partial q = G k/\tau`,
+    :math:`\partial/\partial k = G^\top q/\tau` (a partial sum per device, which the
+    gather's transpose, a reduce-scatter, adds up on the keys' owner),
     :math:`\partial/\partial\tau = -\sum_{ij} G_{ij} s_{ij}/\tau`."""
-    q, k, temperature, row_lse, col_lse = residuals
+    q, k, k_all, temperature, row_lse, col_lse = residuals
     dtype = temperature.dtype
     batch = q.shape[0]
     g_row = 0.5 * g if symmetric else g
-    g_col = 0.5 * g if symmetric else jnp.zeros_like(g)
+    g_own = 0.5 * g if symmetric else jnp.zeros_like(g)
+    g_col = g_own
+    if symmetric and axis_name is not None:  # every column's cotangent
+        g_col = dist.all_gather_with_grad(g_own, axis_name)
 
     def block(s, g_rows, lse_rows):
         """G for a block of rows (without the diagonal term)."""
@@ -489,10 +560,10 @@ def _info_nce_bwd(symmetric, chunk, residuals, g):
         return grad
 
     if chunk is None:
-        s = _scores(q, k, temperature)
+        s = _scores(q, k_all, temperature)
         grad = block(s, g_row, row_lse)
-        d_q = jnp.matmul(grad, k.astype(dtype))
-        d_k = jnp.matmul(grad.T, q.astype(dtype))
+        d_q = jnp.matmul(grad, k_all.astype(dtype))
+        d_k_all = jnp.matmul(grad.T, q.astype(dtype))
         d_t = jnp.sum(grad * s)
     else:
         starts = jnp.arange(0, batch + (-batch % chunk), chunk)
@@ -500,26 +571,27 @@ def _info_nce_bwd(symmetric, chunk, residuals, g):
         lse_rows = _row_chunks(row_lse[:, None], chunk)[..., 0]
 
         def step(carry, xs):
-            d_k, d_t = carry
+            d_k_all, d_t = carry
             q_chunk, g_chunk, lse_chunk, start = xs
-            s = _scores(q_chunk, k, temperature)
+            s = _scores(q_chunk, k_all, temperature)
             real = (start + jnp.arange(chunk) < batch)[:, None]
             grad = jnp.where(real, block(jnp.where(real, s, 0), g_chunk, lse_chunk), 0)
-            d_k = d_k + jnp.matmul(grad.T, q_chunk.astype(dtype))
+            d_k_all = d_k_all + jnp.matmul(grad.T, q_chunk.astype(dtype))
             d_t = d_t + jnp.sum(grad * jnp.where(real, s, 0))
-            return (d_k, d_t), jnp.matmul(grad, k.astype(dtype))
+            return (d_k_all, d_t), jnp.matmul(grad, k_all.astype(dtype))
 
-        init = (jnp.zeros(k.shape, dtype), jnp.zeros((), dtype))
-        (d_k, d_t), d_q = jax.lax.scan(
+        init = _carry(axis_name, jnp.zeros(k_all.shape, dtype), jnp.zeros((), dtype))
+        (d_k_all, d_t), d_q = jax.lax.scan(
             step, init, (_row_chunks(q, chunk), g_rows, lse_rows, starts))
         d_q = d_q.reshape(-1, q.shape[1])[:batch]
-    # The diagonal (the positives): -(g_row + g_col) on s_ii.
-    g_diag = g_row + g_col
+    # The positives s_{i,o+i}: -(g_row + g_col) each, on this device's own keys.
+    g_diag = g_row + g_own
     d_q = d_q - g_diag[:, None] * k.astype(dtype)
-    d_k = d_k - g_diag[:, None] * q.astype(dtype)
+    d_k = -g_diag[:, None] * q.astype(dtype)
     diagonal = jnp.sum(q.astype(dtype) * k, axis=-1) / temperature
     d_t = d_t - jnp.sum(g_diag * diagonal)
     return ((d_q / temperature).astype(q.dtype), (d_k / temperature).astype(k.dtype),
+            (d_k_all / temperature).astype(k_all.dtype),
             (-d_t / temperature).astype(temperature.dtype))
 
 
@@ -535,7 +607,26 @@ def _replicated(x: jax.Array) -> jax.Array:
         x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
 
 
-@_validate.jit(static_argnames=("symmetric", "chunk_size", "reduction"),
+def _global_reduce(losses: jax.Array, reduction: str, axis_name) -> jax.Array:
+    """``"none"``: this device's rows; ``"sum"`` / ``"mean"``: over the rows of every
+    device along ``axis_name`` (a ``psum``, the same value on each)."""
+    if axis_name is None:
+        return weighted_reduce(losses, reduction, where=None, denominator=None)
+    if reduction == "none":
+        return losses
+    total = jax.lax.psum(jnp.sum(losses), dist._axes(axis_name))
+    if reduction == "sum":
+        return total
+    return total / (losses.shape[0] * dist.axis_size(axis_name))
+
+
+def _check_axis_name(axis_name) -> None:
+    """A usable ``axis_name``: None, or a name bound by an enclosing ``jax.shard_map``."""
+    if axis_name is not None:
+        dist.axis_size(axis_name)
+
+
+@_validate.jit(static_argnames=("symmetric", "chunk_size", "reduction", "axis_name"),
                checks={"temperature": _validate.positive})
 def info_nce(
     queries: ArrayLike,
@@ -545,6 +636,7 @@ def info_nce(
     symmetric: bool = False,
     chunk_size: int | None = None,
     reduction: Reduction = "none",
+    axis_name: dist.AxisName | None = None,
 ) -> jax.Array:
     r"""InfoNCE with in-batch negatives (CLIP-style): row :math:`i`'s positive is key :math:`i`.
 
@@ -562,19 +654,43 @@ def info_nce(
     :math:`O(\text{chunk} \cdot B)` instead of :math:`O(B^2)`, same values. Inputs
     sharded over a mesh are gathered and the loss computed whole on every device.
 
+    **Across devices** (``axis_name``, inside ``jax.shard_map``): each of the :math:`n`
+    devices along the axis holds :math:`b = B/n` rows of queries and keys (device
+    :math:`r` rows :math:`rb .. rb + b - 1` of the global batch). The keys are gathered
+    (:func:`jaxloss.distributed.all_gather_with_grad`, whose transpose reduce-scatters
+    their gradient back to the device that owns them) and each device computes only
+    its :math:`b \times B` block of :math:`s`, chunked by ``chunk_size`` as above
+    (OpenCLIP's ``local_loss`` with ``gather_with_grad``). The column (key-to-query)
+    term of ``symmetric`` needs every query: each device's partial column
+    log-sum-exp is combined by a ``pmax`` and a ``psum`` of :math:`B` numbers, and the
+    backward pass gathers the :math:`B` column cotangents. Loss and gradients (of
+    queries, keys and the replicated temperature) equal the single-device ones.
+
     Args:
-      queries: ``[B, D]`` (e.g. image embeddings).
-      keys: ``[B, D]`` (e.g. text embeddings); key :math:`i` is query :math:`i`'s positive.
+      queries: ``[B, D]`` (e.g. image embeddings); ``[b, D]``, this device's rows,
+        with ``axis_name``.
+      keys: ``[B, D]`` (e.g. text embeddings); key :math:`i` is query :math:`i`'s
+        positive; ``[b, D]`` with ``axis_name``.
       temperature: :math:`\tau > 0`; differentiable (CLIP learns it).
       symmetric: average the query-to-key and key-to-query losses.
       chunk_size: rows per block (None: all at once); need not divide :math:`B`.
-      reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+      reduction: ``"none"`` (default, one value per row: this device's rows with
+        ``axis_name``), ``"mean"`` or ``"sum"`` (over the global batch with
+        ``axis_name``, the same value on every device).
+      axis_name: the mesh axis (or tuple of axes) the batch is split over, inside
+        ``jax.shard_map``; None (default) for the whole batch on one device.
+
+    Raises:
+      ValueError: ``axis_name`` is not bound (the call is not inside a
+        ``jax.shard_map`` over that axis).
 
     References:
       van den Oord et al., `Representation Learning with Contrastive Predictive Coding
       <https://arxiv.org/abs/1807.03748>`_, 2018; Radford et al., `Learning Transferable
       Visual Models From Natural Language Supervision
-      <https://arxiv.org/abs/2103.00020>`_, 2021.
+      <https://arxiv.org/abs/2103.00020>`_, 2021; OpenCLIP's ``ClipLoss``
+      (``local_loss=True, gather_with_grad=True``),
+      https://github.com/mlfoundations/open_clip.
     """
     queries = _validate.floating("queries", queries)
     keys = _validate.floating("keys", keys)
@@ -583,6 +699,7 @@ def info_nce(
     _validate.same_shape("keys", keys, queries.shape, "the shape of queries")
     _validate.positive("temperature", temperature)
     reduction = _validate.reduction(reduction)
+    _check_axis_name(axis_name)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -590,12 +707,144 @@ def info_nce(
     if chunk_size is not None and chunk_size >= queries.shape[0]:
         chunk_size = None
     dtype = _validate.compute_dtype(queries.dtype, keys.dtype)
-    # Every row needs every key: inputs sharded over an Explicit mesh are gathered and
-    # the loss computed whole on each device (the cotangents flow back to the shards).
-    queries, keys = _replicated(queries), _replicated(keys)
-    losses = _info_nce(queries, keys, jnp.asarray(temperature, dtype), bool(symmetric),
-                       chunk_size)
-    return weighted_reduce(losses, reduction, where=None, denominator=None)
+    temperature = jnp.asarray(temperature, dtype)
+    if axis_name is None:
+        # Every row needs every key: inputs sharded over an Explicit mesh are gathered
+        # and the loss computed whole on each device (the cotangents flow back).
+        queries, keys = _replicated(queries), _replicated(keys)
+        # Inside jax.shard_map (per-device rows, no axis_name): the custom_vjp's
+        # inputs typed alike, so the temperature's cotangent has its type.
+        queries, keys, temperature = dist.match_varying(queries, keys, temperature)
+        losses = _info_nce(queries, keys, keys, temperature, bool(symmetric), chunk_size,
+                           None)
+    else:
+        # Typed as varying, the replicated temperature's per-device partial cotangent
+        # is psum-med by the cast's transpose.
+        queries, keys, temperature = (dist.varying(x, axis_name)
+                                      for x in (queries, keys, temperature))
+        keys_all = dist.all_gather_with_grad(keys, axis_name)
+        losses = _info_nce(queries, keys, keys_all, temperature, bool(symmetric),
+                           chunk_size, axis_name)
+    return _global_reduce(losses, reduction, axis_name)
+
+
+# ---------------------------------------------------------------------------------
+# SigLIP's pairwise sigmoid loss.
+
+
+def _siglip_block(x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array,
+                  positives: bool) -> jax.Array:
+    r"""Row sums of :math:`-\log\sigma(y_{ij} z_{ij})` for one block of pairs, with the
+    labels :math:`+1` on the diagonal when ``positives`` (the block of matching texts)
+    and :math:`-1` elsewhere."""
+    z = jnp.matmul(x, y.T, preferred_element_type=scale.dtype) * scale + bias
+    if positives:
+        z = jnp.where(jnp.eye(z.shape[0], z.shape[1], dtype=bool), z, -z)
+    else:
+        z = -z
+    return -jnp.sum(jax.nn.log_sigmoid(z), axis=1)
+
+
+def _check_siglip(image_embeddings, text_embeddings, temperature, bias, **_):
+    check_in_range("temperature", temperature, 0, None)
+
+
+@register_checks(_check_siglip)
+@_validate.jit(static_argnames=("axis_name", "reduction"),
+               checks={"temperature": _validate.positive})
+def siglip_loss(
+    image_embeddings: ArrayLike,
+    text_embeddings: ArrayLike,
+    temperature: ArrayLike,
+    bias: ArrayLike,
+    *,
+    axis_name: dist.AxisName | None = None,
+    reduction: Reduction = "mean",
+) -> jax.Array:
+    r"""SigLIP's pairwise sigmoid loss: every image-text pair a binary classification.
+
+    .. math::
+      z_{ij} = t\, x_i \cdot y_j + b, \qquad
+      \ell_i = -\sum_{j=1}^{B} \log\sigma(\lambda_{ij} z_{ij}), \qquad
+      L = \frac1B \sum_i \ell_i
+
+    with :math:`\lambda_{ij} = +1` for the matching pair (:math:`i = j`) and :math:`-1`
+    otherwise. :math:`L` (``reduction="mean"``, the default) is the paper's loss and
+    big_vision's ``l = mean(-sum(log_sigmoid(m1_diag1 * logits), axis=-1))``.
+    ``temperature`` is the *multiplier* :math:`t` of the logits, big_vision's
+    ``logits = zimg @ ztxt.T * t + b``: the paper learns :math:`t = e^{t'}` (initial
+    :math:`t' = \log 10`) and :math:`b` (initial :math:`-10`), so pass
+    ``jnp.exp(t_prime)``. (Unlike :func:`info_nce`'s :math:`\tau`, which divides.) The
+    embeddings are used as given: L2-normalize them first, as SigLIP does. The
+    gradient, :math:`\partial\ell_i/\partial z_{ij} = -\lambda_{ij}\,\sigma(-\lambda_{ij}
+    z_{ij})`, comes from the stable ``jax.nn.log_sigmoid``: finite for every finite
+    logit.
+
+    **Across devices** (``axis_name``, inside ``jax.shard_map``): each of the :math:`n`
+    devices holds :math:`b = B/n` images and their :math:`b` texts. Each device first
+    scores its own texts (the only block with positives), then passes its text block
+    around the ring with ``jax.lax.ppermute`` :math:`n - 1` times
+    (:func:`jaxloss.distributed.ring_shift`), adding the all-negative block of each
+    visiting text block: one :math:`b \times b` block of logits and one :math:`b \times
+    D` text block at a time, never the :math:`b \times B` row (the paper's chunked
+    implementation, section 3.3). The blocks are rematerialized in the backward pass,
+    and the texts' gradients travel the ring back to their owners. Loss and gradients
+    equal the single-device ones.
+
+    Args:
+      image_embeddings: :math:`x`, ``[B, D]`` (``[b, D]``, this device's images, with
+        ``axis_name``).
+      text_embeddings: :math:`y`, ``[B, D]``; text :math:`i` matches image :math:`i`.
+      temperature: :math:`t > 0`, the logit scale (differentiable).
+      bias: :math:`b`, the logit bias (differentiable).
+      axis_name: the mesh axis (or tuple of axes) the batch is split over, inside
+        ``jax.shard_map``; None (default) for the whole batch on one device.
+      reduction: ``"mean"`` (default, :math:`L`), ``"sum"`` (:math:`\sum_i \ell_i`, the
+        sum over all :math:`B^2` pairs) or ``"none"`` (:math:`\ell_i` per image: this
+        device's images with ``axis_name``). ``"mean"`` and ``"sum"`` are over the
+        global batch with ``axis_name``, the same value on every device.
+
+    Raises:
+      ValueError: ``axis_name`` is not bound (the call is not inside a
+        ``jax.shard_map`` over that axis).
+
+    References:
+      Zhai et al., `Sigmoid Loss for Language Image Pre-Training
+      <https://arxiv.org/abs/2303.15343>`_, ICCV 2023; big_vision's
+      ``trainers/proj/image_text/siglip.py``,
+      https://github.com/google-research/big_vision.
+    """
+    x = _validate.floating("image_embeddings", image_embeddings)
+    y = _validate.floating("text_embeddings", text_embeddings)
+    if x.ndim != 2:
+        raise ValueError(f"image_embeddings must be [batch, features], got "
+                         f"{_validate.describe(x)}")
+    _validate.same_shape("text_embeddings", y, x.shape, "the shape of image_embeddings")
+    temperature = _validate.floating("temperature", temperature)
+    bias = _validate.floating("bias", bias)
+    for name, value in (("temperature", temperature), ("bias", bias)):
+        if value.ndim != 0:
+            raise ValueError(f"{name} must be a scalar, got {_validate.describe(value)}")
+    _validate.positive("temperature", temperature)
+    reduction = _validate.reduction(reduction)
+    _check_axis_name(axis_name)
+    dtype = _validate.compute_dtype(x.dtype, y.dtype, temperature.dtype, bias.dtype)
+    scale, bias = temperature.astype(dtype), bias.astype(dtype)
+    if axis_name is None:
+        losses = _siglip_block(x, y, scale, bias, True)
+    else:
+        block = jax.checkpoint(_siglip_block, static_argnums=(4,))
+        losses = block(x, y, scale, bias, True)
+
+        def visit(carry, _):
+            texts, total = carry
+            texts = dist.ring_shift(texts, axis_name)
+            return (texts, total + block(x, texts, scale, bias, False)), None
+
+        if dist.axis_size(axis_name) > 1:
+            (_, losses), _ = jax.lax.scan(visit, (dist.varying(y, axis_name), losses), None,
+                                          length=dist.axis_size(axis_name) - 1)
+    return _global_reduce(losses, reduction, axis_name)
 
 
 # ---------------------------------------------------------------------------------

@@ -625,6 +625,31 @@ def test_long_rows_reduced_in_blocks(x64):
         chex.assert_trees_all_close(dense, ice(logits, labels), rtol=rtol)
 
 
+def test_inside_shard_map():
+    """Rows split over the devices inside jax.shard_map (check_vma on): the summed loss
+    and its gradients, including the replicated weights', equal the one-device ones."""
+    mesh = jaxloss.distributed.data_mesh()  # Auto axes: shard_map places the inputs
+    shard_map = functools.partial(jax.shard_map, mesh=mesh, out_specs=P())
+    cases = [
+        (lambda x, t, w: ice(x, t, class_weights=w, label_smoothing=0.1), LOGITS, LABELS),
+        (lambda x, t, w: sce(x, t, label_smoothing=0.1) * w[0], LOGITS, SOFT),
+        (lambda x, t, w: sbce(x, t, pos_weight=w), LOGITS, BINARY),
+        (lambda x, t, w: bce(x, t) * w, PROBS, BINARY),
+        (lambda x, t, w: cce(x, t) * w[0], PROBS, SOFT),
+    ]
+    for loss, x, t in cases:
+        def total(x, t, w, loss=loss):
+            return jax.lax.psum(jnp.sum(loss(x, t, w)), "data")
+
+        sharded = shard_map(total, in_specs=(P("data"), P("data"), P()))
+        f = jax.jit(jax.value_and_grad(sharded, argnums=(0, 2)))
+        value, grads = f(x, t, WEIGHTS)
+        want_value, want_grads = jax.value_and_grad(
+            lambda x, w, t=t, loss=loss: jnp.sum(loss(x, t, w)), argnums=(0, 1))(x, WEIGHTS)
+        chex.assert_trees_all_close(value, want_value, rtol=1e-6)
+        chex.assert_trees_all_close(grads, want_grads, rtol=1e-5, atol=1e-6)
+
+
 def test_class_axis_sharded_logits(mesh):
     """Logits split over the classes take the one-hot compare (a gather's output
     sharding is ambiguous there): same values and gradients as the gather."""

@@ -1,0 +1,280 @@
+"""The contrastive losses across devices (``axis_name`` inside ``jax.shard_map``):
+values and gradients equal the single-device ones, on every CPU device that
+``tests/conftest.py`` creates (4 in the normal suite, 8 in tests/test_distributed.py's
+run of this directory)."""
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+import jaxloss
+from jaxloss import distributed
+
+N = jax.device_count()
+B, D = 32, 16  # B a multiple of 8: 8 (4 devices) or 4 (8 devices) rows per device
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+RNG = np.random.default_rng(0)
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+Q = _unit(RNG.normal(size=(B, D)))
+K = _unit(Q + 0.7 * RNG.normal(size=(B, D)))
+W = RNG.uniform(0.5, 1.5, size=B).astype(np.float32)  # cotangent of the per-row losses
+LABELS = RNG.integers(0, 6, size=B).astype(np.int32)  # groups spread over the devices
+TAU = np.float32(0.1)
+SCALE, BIAS = np.float32(10.0), np.float32(-5.0)  # SigLIP's t and b (big_vision's init)
+ROWS, REPLICATED = P("data"), P()
+MEMORY_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed_memory.py"
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return distributed.data_mesh()
+
+
+def _assert_matches_one_device(mesh, loss, args, specs, argnums):
+    """``loss(*args, reduction=..., axis_name=...)`` inside a shard_map over ``mesh``
+    against the same loss on one device: the per-row ("none"), "mean" and "sum" values,
+    and the gradients (``argnums`` of ``args``) of ``mean + sum(w * none) + sum / 10``,
+    in which a wrong gradient of any of the three shows."""
+
+    def values(*a, axis_name=None):
+        return tuple(loss(*a, reduction=r, axis_name=axis_name)
+                     for r in ("none", "mean", "sum"))
+
+    across = jax.shard_map(functools.partial(values, axis_name="data"), mesh=mesh,
+                           in_specs=specs, out_specs=(ROWS, REPLICATED, REPLICATED))
+
+    def objective(fn, w, *a):
+        none, mean, total = fn(*a)
+        return mean + jnp.sum(w * none) + 0.1 * total, (none, mean, total)
+
+    grad = functools.partial(jax.value_and_grad, argnums=tuple(i + 1 for i in argnums),
+                             has_aux=True)
+    (_, got), got_grads = jax.jit(grad(functools.partial(objective, across)))(W, *args)
+    (_, want), want_grads = jax.jit(grad(functools.partial(objective, values)))(W, *args)
+    chex.assert_trees_all_close(got, want, **TOL)
+    chex.assert_trees_all_close(got_grads, want_grads, **TOL)
+    chex.assert_tree_all_finite(got_grads)
+
+
+# ---------------------------------------------------------------------------------
+# info_nce: gathered keys, b x B blocks.
+
+
+@pytest.mark.parametrize("symmetric, chunk_size", [(False, None), (True, None), (True, 3)])
+def test_info_nce_matches_one_device(mesh, symmetric, chunk_size):
+    """Gradients of queries, keys and the replicated temperature; a chunk of 3 leaves a
+    remainder of the 8 or 4 rows per device."""
+
+    def loss(q, k, t, **kw):
+        return jaxloss.info_nce(q, k, temperature=t, symmetric=symmetric,
+                                chunk_size=chunk_size, **kw)
+
+    _assert_matches_one_device(mesh, loss, (Q, K, TAU), (ROWS, ROWS, REPLICATED),
+                               argnums=(0, 1, 2))
+
+
+def test_info_nce_mean_temperature_gradient(mesh):
+    """jax.grad of the global mean w.r.t. the temperature alone (the replicated input's
+    cotangent summed over the devices once), with check_vma on and off."""
+
+    def body(q, k, t):
+        return jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
+                                axis_name="data")
+
+    want = jax.grad(lambda t: jaxloss.info_nce(Q, K, temperature=t, symmetric=True,
+                                               reduction="mean"))(TAU)
+    for check_vma in (True, False):
+        across = jax.shard_map(body, mesh=mesh, in_specs=(ROWS, ROWS, REPLICATED),
+                               out_specs=REPLICATED, check_vma=check_vma)
+        got = jax.jit(jax.grad(across, argnums=2))(Q, K, TAU)
+        chex.assert_trees_all_close(got, want, **TOL)
+
+
+def test_info_nce_over_two_mesh_axes():
+    """A tuple axis_name: the batch split over both axes of a (data, model) mesh."""
+    mesh = distributed.model_mesh(2)
+    both = ("data", "model")
+    across = jax.shard_map(
+        lambda q, k: jaxloss.info_nce(q, k, symmetric=True, axis_name=both),
+        mesh=mesh, in_specs=(P(both), P(both)), out_specs=P(both))
+    chex.assert_trees_all_close(jax.jit(across)(Q, K),
+                                jaxloss.info_nce(Q, K, symmetric=True), **TOL)
+
+
+def test_custom_vjp_losses_inside_shard_map_without_axis_name(mesh):
+    """Each device's own loss (no axis_name) differentiates inside jax.shard_map: the
+    replicated temperature and epsilon are cast to the rows' type, so the backward
+    passes return cotangents of their inputs' types; the gradient is the sum of the
+    per-device losses' gradients."""
+
+    def per_device(q, k, t):
+        return (jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="sum")
+                + jnp.sum(jaxloss.pairwise_distance(q, k))
+                + jnp.sum(jaxloss.triplet_margin_loss(q, k, k[::-1])))
+
+    across = jax.shard_map(lambda *a: jax.lax.psum(per_device(*a), "data"), mesh=mesh,
+                           in_specs=(ROWS, ROWS, REPLICATED), out_specs=REPLICATED)
+    blocks = lambda x: x.reshape(N, B // N, D)  # noqa: E731
+    want = jax.grad(lambda q, k, t: jnp.sum(jax.vmap(per_device, (0, 0, None))(
+        blocks(q), blocks(k), t)), argnums=(0, 1, 2))(Q, K, TAU)
+    got = jax.jit(jax.grad(across, argnums=(0, 1, 2)))(Q, K, TAU)
+    chex.assert_trees_all_close(got, want, **TOL)
+
+
+# ---------------------------------------------------------------------------------
+# ntxent: gathered embeddings and labels, psum-med pair sum and count.
+
+
+def test_ntxent_matches_one_device(mesh):
+    def body(e, labels, t):
+        return jaxloss.ntxent(e, labels, t, axis_name="data")
+
+    across = jax.shard_map(body, mesh=mesh, in_specs=(ROWS, ROWS, REPLICATED),
+                           out_specs=REPLICATED)
+    got = jax.jit(jax.value_and_grad(across, argnums=(0, 2)))(Q, LABELS, TAU)
+    want = jax.jit(jax.value_and_grad(jaxloss.ntxent, argnums=(0, 2)))(Q, LABELS, TAU)
+    chex.assert_trees_all_close(got, want, **TOL)
+    chex.assert_tree_all_finite(got)
+
+
+# ---------------------------------------------------------------------------------
+# siglip_loss: text blocks around the ring.
+
+
+def test_siglip_matches_one_device(mesh):
+    """Gradients of images, texts, the logit scale and the bias."""
+
+    def loss(x, y, t, b, **kw):
+        return jaxloss.siglip_loss(x, y, t, b, **kw)
+
+    _assert_matches_one_device(mesh, loss, (Q, K, SCALE, BIAS),
+                               (ROWS, ROWS, REPLICATED, REPLICATED), argnums=(0, 1, 2, 3))
+
+
+def ref_siglip(x, y, t, b):
+    """The paper's loss written out: -sum_ij log(1 / (1 + exp(-label_ij z_ij))) per row."""
+    z = x @ y.T * t + b
+    labels = 2 * jnp.eye(x.shape[0]) - 1
+    return -jnp.sum(jnp.log(1 / (1 + jnp.exp(-labels * z))), axis=1)
+
+
+def test_siglip_matches_float64_reference(x64):
+    args = tuple(np.asarray(a, np.float64) for a in (Q, K, SCALE, BIAS))
+
+    @jax.jit
+    def both(*a):
+        values = tuple(jaxloss.siglip_loss(*a, reduction=r) for r in ("none", "mean", "sum"))
+        per_row = ref_siglip(*a)
+        grads = (jax.grad(jaxloss.siglip_loss, argnums=(0, 1, 2, 3))(*a),
+                 jax.grad(lambda *a: jnp.mean(ref_siglip(*a)), argnums=(0, 1, 2, 3))(*a))
+        return values, (per_row, jnp.mean(per_row), jnp.sum(per_row)), grads
+
+    got, want, (got_grads, want_grads) = both(*args)
+    chex.assert_trees_all_close(got, want, rtol=1e-12)
+    chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-10, atol=1e-12)
+
+
+def test_siglip_extremes_and_dtypes():
+    """Logits of +-1e30 (where the naive log(1 / (1 + exp)) is -inf): finite loss and
+    gradients; bf16 embeddings: a float32 loss, bf16 gradients; NaN in, NaN out."""
+    grad = jax.value_and_grad(jaxloss.siglip_loss, argnums=(0, 1, 2, 3))
+    for bias in (1e30, -1e30):
+        value, grads = grad(Q, K, np.float32(1e20), np.float32(bias))
+        chex.assert_tree_all_finite((value, grads))
+    value, grads = grad(jnp.asarray(Q, jnp.bfloat16), jnp.asarray(K, jnp.bfloat16),
+                        SCALE, BIAS)
+    assert value.dtype == jnp.float32 and grads[0].dtype == jnp.bfloat16
+    chex.assert_tree_all_finite((value, grads))
+    nan = Q.copy()
+    nan[0, 0] = np.nan
+    assert jnp.isnan(jaxloss.siglip_loss(nan, K, SCALE, BIAS))
+
+
+def test_siglip_bad_input():
+    with pytest.raises(ValueError, match="text_embeddings"):
+        jaxloss.siglip_loss(Q, K[:4], SCALE, BIAS)
+    with pytest.raises(ValueError, match="temperature"):
+        jaxloss.siglip_loss(Q, K, -1.0, BIAS)
+    with pytest.raises(ValueError, match="bias"):
+        jaxloss.siglip_loss(Q, K, SCALE, np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="image_embeddings"):
+        jaxloss.siglip_loss(Q.astype(np.int32), K, SCALE, BIAS)
+
+
+# ---------------------------------------------------------------------------------
+# Bad use, collectives, meshes, memory.
+
+
+@pytest.mark.parametrize("call", [
+    lambda: jaxloss.info_nce(Q, K, axis_name="data"),
+    lambda: jaxloss.ntxent(Q, LABELS, axis_name="data"),
+    lambda: jaxloss.siglip_loss(Q, K, SCALE, BIAS, axis_name="data"),
+], ids=["info_nce", "ntxent", "siglip_loss"])
+def test_axis_name_outside_shard_map_raises(call):
+    with pytest.raises(ValueError, match=r"axis_name='data' is not bound.*shard_map"):
+        call()
+
+
+def test_axis_name_must_be_a_name():
+    with pytest.raises(TypeError, match="axis_name"):
+        jaxloss.info_nce(Q, K, axis_name=0)
+
+
+def test_all_gather_with_grad_and_ring_shift(mesh):
+    """The gather's gradient reaches the rows' owner, summed over the devices' losses;
+    the ring passes device r's block to device r + 1."""
+    x = np.arange(B, dtype=np.float32)
+
+    def body(x):
+        weight = (distributed.axis_index("data") + 1).astype(jnp.float32)
+        gathered = distributed.all_gather_with_grad(x, "data")
+        return jax.lax.psum(weight * jnp.sum(gathered * jnp.arange(B)), "data")
+
+    across = jax.shard_map(body, mesh=mesh, in_specs=ROWS, out_specs=REPLICATED)
+    chex.assert_trees_all_close(jax.jit(jax.grad(across))(x),
+                                N * (N + 1) / 2 * np.arange(B, dtype=np.float32))
+    shifted = jax.shard_map(lambda x: distributed.ring_shift(x, "data"), mesh=mesh,
+                            in_specs=ROWS, out_specs=ROWS)(x)
+    chex.assert_trees_all_close(shifted, np.roll(x, B // N))
+
+
+def test_meshes():
+    mesh = distributed.data_mesh()
+    assert dict(mesh.shape) == {"data": N}
+    assert dict(distributed.data_mesh("batch").shape) == {"batch": N}
+    mesh = distributed.model_mesh(2)
+    assert dict(mesh.shape) == {"data": N // 2, "model": 2}
+    assert dict(distributed.model_mesh(N, axis_names=("dp", "tp")).shape) == {"dp": 1, "tp": N}
+    assert set(mesh.devices.flat) == set(jax.devices())
+    with pytest.raises(ValueError, match="model"):
+        distributed.model_mesh(3)
+
+
+def _load_memory_script():
+    spec = importlib.util.spec_from_file_location("jaxloss_distributed_memory", MEMORY_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distributed_info_nce_memory_is_a_device_share(mesh):
+    """benchmarks/distributed_memory.py at a small size: each device's temp bytes of
+    the distributed, chunked value-and-grad are at most 1/n of the all-gathered
+    full-matrix version's (compiled only)."""
+    script = _load_memory_script()
+    distributed_bytes, full_bytes = script.measure(mesh, batch=64 * N, dim=16, chunk=16)
+    assert 0 < distributed_bytes <= full_bytes / N, (distributed_bytes, full_bytes)
