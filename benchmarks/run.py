@@ -133,6 +133,9 @@ class Case:
     torch: Callable[..., Any] | None = None
     torch_args: tuple[Any, ...] = ()
     note: str = ""
+    # A lower bound for value_and_grad: the same arguments, writing an output the size
+    # and dtype of the gradient (one read, one write; no loss can do less).
+    floor: Callable[..., jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +221,8 @@ def case_specs(
                             (data.jax(logits, dtype), data.jax(onehot, dtype)),
                             torch=lambda x, y: F.cross_entropy(x, y, reduction="none"),
                             torch_args=(data.to_torch(logits, dtype),
-                                        data.to_torch(onehot, dtype)))
+                                        data.to_torch(onehot, dtype)),
+                            floor=_write_floor)
 
             def build_integer(n_ce: int = n_ce, v: int = v, dtype: str = dtype) -> Case:
                 logits = data.normal((n_ce, v), scale=2.0)
@@ -230,7 +234,8 @@ def case_specs(
                             (data.jax(logits, dtype), data.jax(labels)),
                             torch=lambda x, y: F.cross_entropy(x, y, reduction="none"),
                             torch_args=(data.to_torch(logits, dtype),
-                                        data.to_torch(labels.astype(np.int64))))
+                                        data.to_torch(labels.astype(np.int64))),
+                            floor=_write_floor)
 
             specs.append(CaseSpec("softmax_cross_entropy", build_dense))
             specs.append(CaseSpec("softmax_cross_entropy_with_integer_labels", build_integer))
@@ -283,6 +288,11 @@ def case_specs(
 
 # ---------------------------------------------------------------------------------
 # Measuring.
+
+
+def _write_floor(logits: jax.Array, *_: Any) -> jax.Array:
+    """A fresh array the size of the gradient: the least a value_and_grad must write."""
+    return -logits
 
 
 def _objective(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
@@ -369,9 +379,12 @@ def run_case(
             calls[library], temps[library] = _compile(fn, case.args)
         if torch_calls is not None:
             calls["torch"] = torch_calls[mode]
+        if mode == "value_and_grad" and case.floor is not None:
+            calls["floor"] = _compile(case.floor, case.args)[0]
         seconds = measure(calls, timing)
         row[mode] = {
             **{f"{library}_s": seconds.get(library) for library in LIBRARIES},
+            "floor_s": seconds.get("floor"),
             "ratio": seconds["jaxloss"] / seconds["optax"],
             "jaxloss_temp_bytes": temps["jaxloss"],
             "optax_temp_bytes": temps["optax"],
@@ -453,12 +466,15 @@ def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
         "Median milliseconds per call of the forward pass (the per-example losses) and of "
         "`value_and_grad` of their sum with respect to the first argument; **ratio** is "
         "jaxloss / optax (below 1: jaxloss is faster); **temp** is XLA's temporary "
-        "memory for the compiled function in MiB, jaxloss / optax.",
+        "memory for the compiled function in MiB, jaxloss / optax. **v&g floor** is the "
+        "time of writing a fresh array the size of the gradient (`-logits`), the least "
+        "any value_and_grad must do.",
         "",
         "| loss | shape | dtype | fwd jaxloss | fwd optax | fwd torch | fwd ratio "
-        "| v&g jaxloss | v&g optax | v&g torch | v&g ratio | fwd temp | v&g temp |",
+        "| v&g jaxloss | v&g optax | v&g torch | v&g ratio | v&g floor | fwd temp "
+        "| v&g temp |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: | ---: |",
+        "| ---: | ---: | ---: |",
     ]
     for row in rows:
         cells = [f"`{row['loss']}`", row["shape"], row["dtype"]]
@@ -466,6 +482,7 @@ def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
             result = row[mode]
             cells += [_ms(result[f"{library}_s"]) for library in LIBRARIES]
             cells.append(f"**{result['ratio']:.2f}**")
+        cells.append(_ms(row["value_and_grad"]["floor_s"]))
         for mode in MODES:
             result = row[mode]
             cells.append(f"{_mib(result['jaxloss_temp_bytes'])} / "

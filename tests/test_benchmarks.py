@@ -61,6 +61,9 @@ def test_tiny_run_writes_the_reports(tmp_path):
             assert result["torch_s"] is None
             assert math.isfinite(result["ratio"]) and result["ratio"] > 0, row
             assert result["jaxloss_temp_bytes"] >= 0 and result["optax_temp_bytes"] >= 0
+        # The cross-entropy rows carry the gradient-write floor, the others none.
+        floor = row["value_and_grad"]["floor_s"]
+        assert (floor is not None and floor > 0) == row["loss"].startswith("softmax_"), row
 
     markdown = stem.with_suffix(".md").read_text()
     for name in expected:
