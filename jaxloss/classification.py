@@ -36,7 +36,8 @@ from jaxloss import _validate
 from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
-from jaxloss.distributed import match_varying
+from jaxloss.distributed import AxisName, axis_size, match_varying
+from jaxloss.large_vocab import _vocab_parallel_integer_ce
 
 __all__ = [
     "binary_cross_entropy",
@@ -612,12 +613,15 @@ _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
 
 
 def _check_integer_ce(logits, labels, *, axis=-1, where=None, ignore_index=None,
-                      label_smoothing=0.0, class_weights=None, reduction="none"):
+                      label_smoothing=0.0, class_weights=None, reduction="none",
+                      axis_name=None):
     logits = jnp.asarray(logits)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     num_classes = 1
     for a in axes:
         num_classes *= logits.shape[a]
+    if axis_name is not None:
+        num_classes *= axis_size(axis_name)
     check_labels("labels", labels, num_classes, ignore_index)
     if class_weights is not None:
         check_in_range("class_weights", class_weights, 0, None)
@@ -625,7 +629,8 @@ def _check_integer_ce(logits, labels, *, axis=-1, where=None, ignore_index=None,
 
 @register_checks(_check_integer_ce)
 @functools.partial(
-    jax.jit, static_argnames=("axis", "ignore_index", "label_smoothing", "reduction")
+    jax.jit,
+    static_argnames=("axis", "ignore_index", "label_smoothing", "reduction", "axis_name"),
 )
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
@@ -637,6 +642,7 @@ def softmax_cross_entropy_with_integer_labels(
     label_smoothing: float = 0.0,
     class_weights: ArrayLike | None = None,
     reduction: Reduction = "none",
+    axis_name: AxisName | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with integer class labels (PyTorch ``CrossEntropyLoss``).
 
@@ -670,8 +676,18 @@ def softmax_cross_entropy_with_integer_labels(
       ignore_index: a label value whose rows get loss 0 and gradient 0 and are left
         out of ``"mean"`` (PyTorch's default is -100).
       label_smoothing: :math:`\epsilon` in [0, 1].
-      class_weights: :math:`w`, one non-negative weight per class.
+      class_weights: :math:`w`, one non-negative weight per class (with
+        ``axis_name``: this device's slice of them, like the logits).
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+      axis_name: the mesh axis (or tuple of axes) that the class axis is split over,
+        inside ``jax.shard_map`` (Megatron's vocabulary-parallel cross-entropy). Each
+        device holds a contiguous slice of the classes, device :math:`r` the classes
+        :math:`[rC/n, (r+1)C/n)`; ``labels`` are global class ids, the same on every
+        device. The row maximum and the sum of exponentials are combined by ``pmax``
+        and ``psum``, the label's logit comes from the device that owns it, and the
+        ``[N, C]`` logits are never gathered: the backward pass is local. The losses
+        (the same on every device of the axis) and the gradient of each slice equal
+        the unsharded ones.
 
     Returns:
       One loss per row for ``"none"``, in ``promote_types(logits.dtype, float32)``.
@@ -701,6 +717,16 @@ def softmax_cross_entropy_with_integer_labels(
         class_weights = class_weights.astype(dtype)
     # label_smoothing is static: 0 compiles without the smoothing terms.
     smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
+
+    if axis_name is not None:
+        if not isinstance(axis, int):
+            raise ValueError(
+                f"axis_name needs a single class axis (a flattened tuple of sharded axes "
+                f"has no contiguous global class ids), got axis={axis!r}")
+        losses, keep, denominator = _vocab_parallel_integer_ce(
+            x, labels, axis_name=axis_name, valid=valid, ignore_index=ignore_index,
+            label_smoothing=smoothing_value, class_weights=class_weights)
+        return weighted_reduce(losses, reduction, where=keep, denominator=denominator)
 
     keep = None if valid is None else jnp.any(valid, axis=-1)
     if ignore_index is not None:

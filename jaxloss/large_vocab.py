@@ -6,6 +6,13 @@ A language model's last layer maps hidden states ``[N, D]`` to logits ``[N, V]``
 the materialized cross-entropy's value and gradient hold twice that. Here the logits of
 ``chunk_size`` words at a time are formed, reduced into an online log-sum-exp and
 dropped; the backward pass forms them again, chunk by chunk, to build the gradients.
+
+With ``axis_name`` the vocabulary is also sharded over devices, Megatron-style: inside
+``jax.shard_map`` each device holds a contiguous ``V/n`` slice of the classes (of the
+logits' last axis, or of the weight's columns), and the per-row max, sum of
+exponentials and label logit are combined with ``pmax`` and ``psum``; the ``[N, V]``
+logits are never gathered. :func:`_vocab_parallel_integer_ce` is that cross-entropy on
+already-formed logit shards.
 """
 
 from __future__ import annotations
@@ -20,6 +27,14 @@ from jaxloss import _validate
 from jaxloss._checked import check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
+from jaxloss.distributed import (
+    AxisName,
+    _varying_axes,
+    axis_index,
+    axis_size,
+    match_varying,
+    varying,
+)
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "linear_softmax_cross_entropy"]
 
@@ -28,6 +43,225 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "linear_softmax_cross_entropy"]
 # version's temporary memory (4096 would need 1/12, over the 1/16 goal) and run a few
 # percent faster than with 1024 or 512 (1/30, 1/41). See the docstring's figures.
 DEFAULT_CHUNK_SIZE = 2048
+
+
+# ---------------------------------------------------------------------------------
+# Vocabulary parallelism: the class axis sharded over the mesh axes ``axis_name``.
+
+
+def _vary_together(arrays, *like: jax.Array | None, axis_name: AxisName | None = None):
+    """The differentiable ``arrays`` of a custom_vjp typed as varying over every mesh
+    axis that any of them (or of ``like``: labels, masks, cotangents) varies over, and
+    over ``axis_name``; a no-op outside ``shard_map`` and under ``check_vma=False``.
+
+    The backward pass returns each device's share of every cotangent (``d weight``
+    sums over this device's rows, ``d hidden`` over its classes); where an input was
+    replicated over an axis (the weight over a data axis, the hidden states over the
+    vocabulary axis) the transpose of this cast, a ``psum``, adds the shares up. (Under
+    ``check_vma=False`` shard_map's own transpose sums the cotangents of replicated
+    inputs.) ``like`` is not cast: labels typed as varying over ``axis_name`` would
+    make the per-row losses, equal on every shard, vary too. Also the initial carries
+    of a scan over such inputs."""
+    arrays = tuple(arrays)
+    if axis_name is not None:
+        arrays = tuple(None if a is None else varying(a, axis_name) for a in arrays)
+    return match_varying(*arrays, *like)[: len(arrays)]
+
+
+def _total_cotangent(g: jax.Array, typed_residual: jax.Array, axis_name: AxisName) -> jax.Array:
+    """The cotangent of a loss that the forward pass summed over ``axis_name``.
+
+    With ``check_vma=True`` (the default) that loss is typed invariant and ``g`` is its
+    whole cotangent on every device. With ``check_vma=False`` shard_map's transpose
+    hands each device a share of it (the shares add up to the cotangent, the convention
+    under which ``psum`` transposes to ``psum``), so the shares are summed here. The
+    mode is read off a residual that :func:`_vary_together` made varying over
+    ``axis_name``: only with ``check_vma=True`` does its type say so."""
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    if all(a in _varying_axes(typed_residual) for a in axes):
+        return g
+    return jax.lax.psum(g, axis_name)
+
+
+def _shard_labels(labels: jax.Array, local_vocab: int, axis_name: AxisName | None):
+    """Global class ids -> this shard's column of each label (outside ``[0, local_vocab)``
+    where another shard, or none, owns it), the global vocabulary and whether each label
+    lies in it. Shard ``i`` of ``axis_name`` (``jax.lax.axis_index``) owns the classes
+    ``[i V/n, (i + 1) V/n)``."""
+    if axis_name is None:
+        vocab = local_vocab
+        local = labels
+    else:
+        vocab = local_vocab * axis_size(axis_name)
+        offset = axis_index(axis_name).astype(labels.dtype) * local_vocab
+        local = labels - offset
+    in_range = (labels >= 0) & (labels < vocab)
+    return jnp.where(in_range, local, -1), vocab, in_range
+
+
+def _owner_pick(values: jax.Array, local: jax.Array, axis_name: AxisName) -> jax.Array:
+    """``values[..., label]`` from the shard that owns the label, summed over the axis
+    (the other shards add 0): one gather and one ``psum`` per row, never a gather of the
+    classes. ``values`` is ``[..., V/n]`` (one row per label) or ``[V/n]`` (a table)."""
+    columns = values.shape[-1]
+    owned = (local >= 0) & (local < columns)
+    index = jnp.where(owned, local, 0)
+    if values.ndim == 1:
+        picked = values[index]
+    else:
+        picked = jnp.take_along_axis(values, index[..., None], axis=-1)[..., 0]
+    return jax.lax.psum(jnp.where(owned, picked, 0), axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _sharded_integer_ce(logits, labels, class_weights, valid, smoothing, axis_name):
+    return _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing,
+                                   axis_name)[0]
+
+
+def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axis_name):
+    r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \epsilon \sum_c w_c u_c
+    (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`, the classes split
+    over ``axis_name``: :math:`m = \mathrm{pmax}(\max_c x_c)`, :math:`\mathrm{lse} = m +
+    \log \mathrm{psum}(\sum_c e^{x_c - m})`, :math:`x_y` and :math:`w_y` from the shard
+    owning :math:`y`; NaN for a label outside ``[0, V)``. Residuals: the inputs and, per
+    row, :math:`\mathrm{lse}`, :math:`\alpha`, :math:`\alpha + \epsilon \sum_c w_c
+    u_c` and, as needed, :math:`\mathrm{lse} - x_y` and the number of classes."""
+    dtype = _validate.compute_dtype(logits.dtype)
+    x = logits.astype(dtype)
+    local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
+    masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
+    m = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(masked, axis=-1)), axis_name)
+    m = jnp.where(jnp.isneginf(m), 0, m)
+    s = jax.lax.psum(jnp.sum(jnp.exp(masked - m[..., None]), axis=-1), axis_name)
+    log_s = jnp.log(s)
+    # (m - x_y) + log s keeps the label's term exact when |x| is huge.
+    label_nll = (m - _owner_pick(x, local, axis_name)) + log_s
+    alpha = (jnp.ones(labels.shape, dtype) if class_weights is None
+             else _owner_pick(class_weights, local, axis_name))
+    if smoothing:
+        alpha = (1 - smoothing) * alpha
+    loss = _times(alpha, label_nll)
+    total = count = None
+    if smoothing:
+        support = masked > -jnp.inf
+        count = jax.lax.psum(jnp.sum(support, axis=-1), axis_name)
+        smooth = _shard_smoothing(support, count, class_weights, smoothing, dtype)
+        neg_log_p = (m[..., None] - x) + log_s[..., None]
+        loss = loss + jax.lax.psum(jnp.sum(_times(smooth, neg_log_p), axis=-1), axis_name)
+        total = alpha + jax.lax.psum(jnp.sum(smooth, axis=-1), axis_name)
+    loss = jnp.where(in_range, loss, jnp.nan)
+    residuals = (logits, labels, class_weights, valid, m + log_s, alpha, total,
+                 None if class_weights is None else label_nll, count)
+    return loss, residuals
+
+
+def _shard_smoothing(support, count, class_weights, smoothing, dtype):
+    """:math:`\\epsilon w_c u_c` on this shard's classes, :math:`u` uniform over the
+    ``count`` classes of the row (on every shard) that exist."""
+    smooth = smoothing * (support / jnp.maximum(count, 1)[..., None].astype(dtype))
+    return smooth if class_weights is None else smooth * class_weights
+
+
+def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
+    r""":math:`\partial\ell/\partial x_c = p_c (\alpha + \epsilon \sum_k w_k u_k) -
+    \alpha [c = y] - \epsilon w_c u_c` on this shard's classes (:math:`p` rebuilt from
+    the global :math:`\mathrm{lse}`, no collective); :math:`\partial\ell/\partial w_c
+    = (1 - \epsilon)[c = y](\mathrm{lse} - x_y) + \epsilon u_c(\mathrm{lse} - x_c)`."""
+    logits, labels, class_weights, valid, lse, alpha, total, label_nll, count = residuals
+    g = _total_cotangent(g, logits, axis_name)
+    dtype = _validate.compute_dtype(logits.dtype)
+    x = logits.astype(dtype)
+    local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
+    masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
+    p = jnp.exp(masked - jnp.where(jnp.isneginf(lse), 0, lse)[..., None])
+    d_logits = _times((g * (alpha if total is None else total))[..., None], p)
+    if smoothing:
+        smooth = _shard_smoothing(masked > -jnp.inf, count, class_weights, smoothing, dtype)
+        d_logits = d_logits - _times(g[..., None], smooth)
+    hit = jax.lax.broadcasted_iota(local.dtype, x.shape, x.ndim - 1) == local[..., None]
+    d_logits = d_logits - jnp.where(hit, _times(g, alpha)[..., None], 0)
+    # A row with an out-of-range label has a NaN loss, and a NaN gradient where its
+    # cotangent is not 0.
+    flagged = ~in_range & (g != 0)
+    d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
+    d_weights = None
+    if class_weights is not None:
+        per_class = jnp.where(hit, _times(g, (1 - smoothing) * label_nll)[..., None], 0)
+        if smoothing:
+            uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
+            per_class = per_class + _times(g[..., None],
+                                           _times(uniform, lse[..., None] - x))
+        d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
+    return d_logits.astype(logits.dtype), None, d_weights, None
+
+
+_sharded_integer_ce.defvjp(_sharded_integer_ce_fwd, _sharded_integer_ce_bwd)
+
+
+def _vocab_parallel_integer_ce(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    axis_name: AxisName,
+    valid: jax.Array | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    class_weights: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    r"""Softmax cross-entropy with integer labels of logits whose class (last) axis is
+    sharded over ``axis_name`` (Megatron-style vocabulary parallelism), to be called
+    inside ``jax.shard_map``: the loss of
+    :func:`jaxloss.softmax_cross_entropy_with_integer_labels` on the (never gathered)
+    ``[..., V]`` logits, with the per-row max by ``pmax``, the sum of exponentials,
+    the label's logit (and weight) and the smoothing sums by ``psum``.
+
+    Args:
+      logits: this device's ``[..., V/n]`` slice of the classes: shard ``i`` of
+        ``axis_name`` (``jax.lax.axis_index``) holds classes ``[i V/n, (i + 1) V/n)``.
+      labels: global class ids in ``[0, V)``, ``logits.shape[:-1]``, the same on every
+        shard of the axis.
+      axis_name: the mesh axis (or tuple of axes, in ``PartitionSpec`` order) that
+        shards the classes.
+      valid: None or a boolean class mask of this device's classes, ``logits.shape``
+        (a row mask broadcast over them is fine): ``where`` with the classes last.
+      ignore_index: a label value whose rows are left out (``keep`` False).
+      label_smoothing: :math:`\epsilon`, a Python float (static; no gradient).
+      class_weights: this device's ``[V/n]`` slice of the class weights (sharded like
+        the logits' class axis, ``P(axis_name)``), in the compute dtype; differentiable.
+
+    Returns:
+      ``(losses, keep, denominator)``, the arguments of
+      ``weighted_reduce(losses, reduction, where=keep, denominator=denominator)``:
+      the per-row losses (``logits.shape[:-1]``, equal on every shard of the axis, NaN
+      for a label outside ``[0, V)``), the rows kept (None: all; False where ``valid``
+      excludes every class of the row on every shard, or the label is
+      ``ignore_index``), and :math:`w_{y_n}` for ``"mean"`` (None without weights).
+      Gradients flow to ``logits`` (this shard's classes) and ``class_weights``.
+    """
+    axis_size(axis_name)  # a clear error outside shard_map
+    logits, class_weights = _vary_together((logits, class_weights), labels, valid,
+                                           axis_name=axis_name)
+    keep = None
+    if valid is not None:
+        rows = jnp.any(valid, axis=-1).astype(jnp.int32)
+        keep = jax.lax.psum(rows, axis_name) > 0
+    if ignore_index is not None:
+        ignored = labels == ignore_index
+        keep = ~ignored if keep is None else keep & ~ignored
+        # A safe label on ignored rows keeps their (masked) gradient free of NaN.
+        labels = jnp.where(ignored, 0, labels)
+    smoothing = float(label_smoothing)
+    losses = _sharded_integer_ce(logits, labels, class_weights, valid, smoothing, axis_name)
+    denominator = None
+    if class_weights is not None:
+        local, _, _ = _shard_labels(labels, logits.shape[-1], axis_name)
+        denominator = _owner_pick(class_weights, local, axis_name)
+    return losses, keep, denominator
+
+
+# ---------------------------------------------------------------------------------
+# The chunked linear cross-entropy.
 
 
 def _chunk_starts(vocab: int, chunk: int, index: jnp.dtype) -> jax.Array:
@@ -68,12 +302,18 @@ def _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype):
     return _select(fresh, x, -jnp.inf), w
 
 
-def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing):
+def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
     """One scan over the chunks: the online log-sum-exp, the label's logit and, with
-    smoothing, the count and mean of the logits that exist (finite) in each row."""
+    smoothing, the count and mean of the logits that exist (finite) in each row.
+
+    With ``axis_name`` the scan covers this device's ``vocab`` columns and the per-row
+    statistics are then combined over the axis: the max by ``pmax``, the rescaled sums
+    of exponentials, the label's logit (found by its owner only) and the smoothing sums
+    by ``psum``."""
     dtype = _validate.compute_dtype(hidden.dtype, weight.dtype,
                                     *(() if bias is None else (bias.dtype,)))
     rows = hidden.shape[0]
+    local, total_vocab, in_range = _shard_labels(labels, vocab, axis_name)
 
     def step(carry, start):
         m, s, x_label, x_sum, count = carry
@@ -86,58 +326,76 @@ def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing):
         # The label's logit, when this chunk holds it as a new column: a gather of one
         # entry per row (the very value the log-sum-exp saw, so the loss of a row
         # whose label has the largest logit is exactly log s however large x is).
-        local = labels - begin
-        hit = (labels >= start) & (local < chunk)
-        picked = jnp.take_along_axis(x, jnp.clip(local, 0, chunk - 1)[:, None], axis=1)
+        offset = local - begin
+        hit = (local >= start) & (offset < chunk)
+        picked = jnp.take_along_axis(x, jnp.clip(offset, 0, chunk - 1)[:, None], axis=1)
         x_label = x_label + jnp.where(hit, picked[:, 0], 0)
         if smoothing:
             exists = x > -jnp.inf
             # Scaled by 1/V so that the sum of V huge logits cannot overflow.
-            x_sum = x_sum + jnp.sum(jnp.where(exists, x, 0), axis=1) / vocab
+            x_sum = x_sum + jnp.sum(jnp.where(exists, x, 0), axis=1) / total_vocab
             count = count + jnp.sum(exists, axis=1, dtype=count.dtype)
         return (m_new, s, x_label, x_sum, count), None
 
     init = (jnp.full((rows,), -jnp.inf, dtype), jnp.zeros((rows,), dtype),
             jnp.zeros((rows,), dtype), jnp.zeros((rows,), dtype),
             jnp.zeros((rows,), labels.dtype))
+    init = _vary_together(init, hidden, weight, bias, labels)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
     (m, s, x_label, x_sum, count), _ = jax.lax.scan(step, init, starts)
-    m = jnp.where(jnp.isneginf(m), 0, m)
+    m_local = jnp.where(jnp.isneginf(m), 0, m)
+    if axis_name is None:
+        m = m_local
+    else:
+        m = jax.lax.pmax(m, axis_name)
+        m = jnp.where(jnp.isneginf(m), 0, m)
+        # s was summed relative to this shard's max; 0 * e^(...) stays 0 on a shard
+        # whose logits are all -inf, however far below 0 the global max is.
+        s = jax.lax.psum(_times(s, jnp.exp(m_local - m)), axis_name)
+        x_label = jax.lax.psum(x_label, axis_name)
+        if smoothing:
+            x_sum = jax.lax.psum(x_sum, axis_name)
+            count = jax.lax.psum(count, axis_name)
     log_s = jnp.log(s)
     # (m - x) + log s keeps the label's term exact when |x| is huge (as in
     # classification._neg_log_softmax).
     loss = (m - x_label) + log_s
     if smoothing:
-        mean = x_sum * (vocab / jnp.maximum(count, 1).astype(dtype))
+        mean = x_sum * (total_vocab / jnp.maximum(count, 1).astype(dtype))
         uniform = jnp.where(count > 0, (m - mean) + log_s, 0)
         loss = _times(jnp.asarray(1 - smoothing, dtype), loss) + smoothing * uniform
-    in_range = (labels >= 0) & (labels < vocab)
     loss = jnp.where(in_range, loss, jnp.nan)
     return loss, m + log_s, count
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing):
-    return _forward(hidden, weight, bias, labels, vocab, chunk, smoothing)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
+    return _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name)[0]
 
 
-def _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing):
+def _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
     r""":math:`\ell_n = \sum_c q_{nc}(\mathrm{lse}(x_n) - x_{nc})`, NaN for a label
     outside ``[0, V)``. Residuals: the inputs, :math:`\mathrm{lse}` per row and, with
-    smoothing, the number of classes per row whose logit is finite."""
-    loss, lse, count = _forward(hidden, weight, bias, labels, vocab, chunk, smoothing)
+    smoothing, the number of classes per row whose logit is finite. With ``axis_name``
+    (``vocab`` is then this device's share) these are global: over every shard."""
+    loss, lse, count = _forward(hidden, weight, bias, labels, vocab, chunk, smoothing,
+                                axis_name)
     return loss, (hidden, weight, bias, labels, lse, count if smoothing else None)
 
 
-def _linear_ce_bwd(vocab, chunk, smoothing, residuals, g):
+def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, residuals, g):
     r"""Per chunk :math:`k` of columns, with :math:`G = g\,(P - Q)` on those columns
     (:math:`P` the softmax rebuilt from :math:`\mathrm{lse}`, :math:`Q` the target):
     :math:`\partial H \mathrel{+}= G W_{:,k}^\top`, :math:`\partial W_{:,k} = H^\top G`,
-    :math:`\partial b_k = \sum_n G_{n\cdot}`."""
+    :math:`\partial b_k = \sum_n G_{n\cdot}`. With ``axis_name`` the chunks are this
+    device's columns and :math:`\partial H` is this device's share, which the transpose
+    of :func:`_vary_together` (or shard_map's, under ``check_vma=False``) sums."""
     hidden, weight, bias, labels, lse, count = residuals
+    if axis_name is not None:
+        g = _total_cotangent(g, weight, axis_name)
     dtype = lse.dtype
     operand = jnp.promote_types(hidden.dtype, weight.dtype)
-    in_range = (labels >= 0) & (labels < vocab)
+    local, _, in_range = _shard_labels(labels, vocab, axis_name)
     # A row with an out-of-range label has a NaN loss, and a NaN gradient where its
     # cotangent is not 0 (as classification's integer cross-entropy).
     g = jnp.where(~in_range & (g != 0), jnp.nan, g.astype(dtype))
@@ -156,7 +414,7 @@ def _linear_ce_bwd(vocab, chunk, smoothing, residuals, g):
         x, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype)
         p = jnp.exp(x - lse[:, None])
         columns = begin + jnp.arange(chunk, dtype=begin.dtype)
-        onehot = _select(fresh, labels[:, None] == columns, False).astype(dtype)
+        onehot = _select(fresh, local[:, None] == columns, False).astype(dtype)
         if smoothing:
             target = (1 - smoothing) * onehot + jnp.where(x > -jnp.inf, uniform[:, None], 0)
             grad = p * total[:, None] - target
@@ -178,6 +436,7 @@ def _linear_ce_bwd(vocab, chunk, smoothing, residuals, g):
 
     init = (jnp.zeros(hidden.shape, dtype), jnp.zeros(weight.shape, weight.dtype),
             None if bias is None else jnp.zeros(bias.shape, bias.dtype))
+    init = _vary_together(init, hidden, weight, bias, labels, g, lse)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
     (d_hidden, d_weight, d_bias), _ = jax.lax.scan(step, init, starts)
     return d_hidden.astype(hidden.dtype), d_weight, d_bias, None
@@ -187,12 +446,17 @@ _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
 def _check_linear_ce(hidden, weight, labels, *, bias=None, chunk_size=None,
-                     ignore_index=None, label_smoothing=0.0, where=None, reduction="none"):
-    check_labels("labels", labels, jnp.shape(weight)[-1], ignore_index)
+                     ignore_index=None, label_smoothing=0.0, where=None, reduction="none",
+                     axis_name=None):
+    vocab = jnp.shape(weight)[-1]
+    if axis_name is not None:
+        vocab *= axis_size(axis_name)
+    check_labels("labels", labels, vocab, ignore_index)
 
 
 @register_checks(_check_linear_ce)
-@_validate.jit(static_argnames=("chunk_size", "ignore_index", "label_smoothing", "reduction"))
+@_validate.jit(static_argnames=("chunk_size", "ignore_index", "label_smoothing", "reduction",
+                               "axis_name"))
 def linear_softmax_cross_entropy(
     hidden: ArrayLike,
     weight: ArrayLike,
@@ -204,6 +468,7 @@ def linear_softmax_cross_entropy(
     label_smoothing: float = 0.0,
     where: ArrayLike | None = None,
     reduction: Reduction = "none",
+    axis_name: AxisName | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy of ``hidden @ weight + bias`` with integer labels, without
     ever holding the ``[N, V]`` logits.
@@ -262,6 +527,46 @@ def linear_softmax_cross_entropy(
     ``jax.jvp`` does not go through a ``custom_vjp``; reverse mode (``jax.grad``,
     ``jax.jacrev`` of it) does.
 
+    **Vocabulary parallelism** (Megatron-style; ``axis_name``). Inside
+    ``jax.shard_map``, with the vocabulary split over the mesh axis ``axis_name`` of
+    size :math:`n`, device :math:`i` (``jax.lax.axis_index``) holds the columns
+    :math:`K_i = [iV/n, (i + 1)V/n)`: ``weight`` is its ``[D, V/n]`` slice and ``bias``
+    its ``[V/n]`` slice, while ``hidden`` (replicated over the axis) and ``labels``
+    (global class ids in ``[0, V)``) are the same on every device of the axis. Each
+    device runs the chunked scan over its own columns, giving per row its max
+    :math:`m_i`, its sum :math:`s_i = \sum_{k \in K_i} e^{x_k - m_i}` and, on the
+    device that owns the label, :math:`x_y`; then
+
+    .. math::
+      m = \mathrm{pmax}_i\, m_i, \qquad
+      \mathrm{lse} = m + \log \mathrm{psum}_i\, s_i e^{m_i - m}, \qquad
+      x_y = \mathrm{psum}_i\, [y \in K_i]\, x_y
+
+    (and, with smoothing, the psum of the count and sum of the finite logits), a few
+    numbers per row: the ``[N, V]`` logits are never gathered, and memory per device
+    is that of the single-device loss with :math:`V/n` classes. The backward pass
+    exchanges no logits either: device :math:`i` forms :math:`P - Q` on its own columns from
+    the global :math:`\mathrm{lse}`, giving its slices of :math:`\partial W` and
+    :math:`\partial b` and its share :math:`(P - Q)_{:,K_i} W_{:,K_i}^\top` of
+    :math:`\partial H`, which are summed over the axis (the transpose of ``hidden``'s
+    replication, a ``psum``). The per-row losses, equal on every device of the axis,
+    and the gradients equal the single-device loss's on the gathered weight. Both
+    ``check_vma`` settings of ``shard_map`` are supported; ``axis_name`` may be a tuple
+    of mesh axes (the columns split in ``PartitionSpec`` order). Rows may be split
+    over another mesh axis at the same time (data parallelism)::
+
+      mesh = jax.make_mesh((jax.device_count(),), ("model",))
+
+      @jax.shard_map(mesh=mesh, out_specs=P(),
+                     in_specs=(P(), P(None, "model"), P("model"), P()))
+      def loss(hidden, weight, bias, labels):   # weight [D, V/n], bias [V/n]
+          return jaxloss.linear_softmax_cross_entropy(
+              hidden, weight, labels, bias=bias, axis_name="model", reduction="mean")
+
+      # The arguments placed as in_specs says (make_mesh's axes are Explicit):
+      # weight = jax.device_put(weight, NamedSharding(mesh, P(None, "model"))), ...
+      grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(hidden, weight, bias, labels)
+
     Args:
       hidden: :math:`H`, ``[N, D]`` (or ``[..., D]``: the leading axes are rows).
       weight: :math:`W`, ``[D, V]``, the layout of ``hidden @ weight``.
@@ -276,12 +581,18 @@ def linear_softmax_cross_entropy(
         :math:`(1 - \epsilon)\,\mathrm{onehot} + \epsilon / V`).
       where: boolean mask of the rows to include, ``labels.shape``.
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+      axis_name: None (default), or the mesh axis (or tuple of axes) of the enclosing
+        ``jax.shard_map`` over which ``weight``'s columns and ``bias`` are split;
+        ``labels`` stay global ids and :math:`V` above is then ``n * weight.shape[1]``.
 
     Returns:
       One loss per row (``labels.shape``) for ``"none"``, in
       ``promote_types(hidden.dtype, weight.dtype, float32)``.
 
     References:
+      Shoeybi et al., `Megatron-LM: Training Multi-Billion Parameter Language Models
+      Using Model Parallelism <https://arxiv.org/abs/1909.08053>`_, 2019 (the
+      vocabulary-parallel cross-entropy);
       Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
       <https://arxiv.org/abs/2411.09009>`_, 2024 (Apple's Cut Cross-Entropy);
       Hsu et al., `Liger Kernel: Efficient Triton Kernels for LLM Training
@@ -334,8 +645,10 @@ def linear_softmax_cross_entropy(
     dtype = _validate.compute_dtype(hidden.dtype, weight.dtype,
                                     *(() if bias is None else (bias.dtype,)))
     index = jnp.int64 if jnp.dtype(dtype).itemsize > 4 else jnp.int32
-    labels = jnp.where((labels >= 0) & (labels < vocab), labels, -1).astype(index)
-    losses = _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing)
+    total_vocab = vocab if axis_name is None else vocab * axis_size(axis_name)
+    labels = jnp.where((labels >= 0) & (labels < total_vocab), labels, -1).astype(index)
+    hidden, weight, bias = _vary_together((hidden, weight, bias), labels, axis_name=axis_name)
+    losses = _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name)
     return weighted_reduce(losses.reshape(shape), reduction,
                            where=None if keep is None else keep.reshape(shape),
                            denominator=None)
