@@ -244,6 +244,16 @@ def _ref_info_nce(q, k, *, temperature=0.07, symmetric=False, **_):
     return 0.5 * (rows + jnp.log(jnp.sum(jnp.exp(s), axis=0)) - jnp.diag(s))
 
 
+def _ref_siglip(x, y, t, b):
+    z = x @ y.T * t + b
+    sign = 2 * jnp.eye(len(x)) - 1
+    return -jnp.sum(jnp.log(1 / (1 + jnp.exp(-sign * z)))) / len(x)
+
+
+def _ref_linear_ce(h, w, labels, **_):
+    return _ref_integer_ce(h @ w, labels)
+
+
 def builtin_cases(seed: int = 0) -> list[CheckCase]:
     """The cases ``jaxloss check`` runs: one per built-in loss (and option set)."""
     rng = np.random.default_rng(seed)
@@ -270,6 +280,14 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
     groups = np.array([0, 0, 1, 1, 2, 2])
     same = np.ones((2, 4), f32)  # distance 0, both labels
     bf16_emb = jnp.asarray(rng.normal(size=(4, 4)) * 100, jnp.bfloat16)
+    scale, shift = np.array(2.0), np.array(-1.0)  # siglip's temperature and bias
+    huge_a, huge_b = (np.asarray(rng.normal(size=(2, 4)) * 1e15, f32) for _ in range(2))
+    siglip_f32 = (f32(10.0), f32(-10.0))
+    siglip_bf16 = (jnp.bfloat16(10.0), jnp.bfloat16(-10.0))
+    hidden, vocab_weight = rng.normal(size=(n, 4)), rng.normal(size=(4, 10))
+    vocab_labels = rng.integers(0, 10, size=n)
+    huge_weight = np.asarray(rng.normal(size=(4, 10)) * 1e15, f32)
+    bf16_weight = jnp.asarray(rng.normal(size=(4, 10)) * 1e18, jnp.bfloat16)
 
     return [
         CheckCase("squared_error", jaxloss.squared_error, _ref_squared, (preds, targets),
@@ -335,6 +353,16 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
                   functools.partial(jaxloss.info_nce, symmetric=True, chunk_size=4),
                   _ref_info_nce, (emb_a, emb_b), {"temperature": 0.5, "symmetric": True},
                   argnums=(0, 1), extremes=((bf16_emb, bf16_emb),)),
+        CheckCase("siglip_loss", jaxloss.siglip_loss, _ref_siglip,
+                  (emb_a, emb_b, scale, shift), argnums=(0, 1, 2, 3), custom_vjp=False,
+                  extremes=((huge_a, huge_b, *siglip_f32),
+                            (bf16_emb * 1e13, bf16_emb, *siglip_bf16))),
+        CheckCase("linear_softmax_cross_entropy[chunk_size=4,V=10]",
+                  jaxloss.linear_softmax_cross_entropy, _ref_linear_ce,
+                  (hidden, vocab_weight, vocab_labels), {"chunk_size": 4}, argnums=(0, 1),
+                  extremes=((huge_a, huge_weight, two_labels),
+                            (huge_a.astype(jnp.bfloat16) * 1e3, bf16_weight,
+                             two_labels))),
     ]
 
 
