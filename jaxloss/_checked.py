@@ -77,7 +77,8 @@ def checked(loss: F) -> F:
     (probabilities and binary labels in [0, 1], integer labels in ``[0, C)`` or
     ``ignore_index``, weights >= 0), then raises ``checkify.JaxRuntimeError`` (a ValueError) naming
     the argument. It is for debugging and data validation: it costs a pass over the
-    inputs and cannot itself be called under ``jit``.
+    inputs and cannot itself be called under ``jit`` or inside ``jax.shard_map`` (so
+    not with ``axis_name``: check the global arrays before sharding them instead).
 
     Example::
 

@@ -467,7 +467,8 @@ def _column_lse(col_max: jax.Array, col_sum: jax.Array, axis_name) -> jax.Array:
     ``lse_r = max + log(sum)``: the global max by ``pmax``, the rescaled sums by ``psum``."""
     axes = dist._axes(axis_name)
     col_max = jnp.where(jnp.isfinite(col_max), col_max, 0)
-    top = jax.lax.pmax(col_max, axes)
+    # The max is only a shift; pmax has no derivative rule (second derivatives).
+    top = jax.lax.pmax(jax.lax.stop_gradient(col_max), axes)
     total = jax.lax.psum(col_sum * jnp.exp(col_max - top), axes)
     return top + jnp.log(total)
 
@@ -720,8 +721,10 @@ def info_nce(
     else:
         # Typed as varying, the replicated temperature's per-device partial cotangent
         # is psum-med by the cast's transpose.
-        queries, keys, temperature = (dist.varying(x, axis_name)
-                                      for x in (queries, keys, temperature))
+        # match_varying as well: inputs that vary over another mesh axis too (a 2-D
+        # mesh) need every input typed alike for the custom_vjp.
+        queries, keys, temperature = dist.match_varying(
+            *(dist.varying(x, axis_name) for x in (queries, keys, temperature)))
         keys_all = dist.all_gather_with_grad(keys, axis_name)
         losses = _info_nce(queries, keys, keys_all, temperature, bool(symmetric),
                            chunk_size, axis_name)
@@ -785,11 +788,12 @@ def siglip_loss(
     scores its own texts (the only block with positives), then passes its text block
     around the ring with ``jax.lax.ppermute`` :math:`n - 1` times
     (:func:`jaxloss.distributed.ring_shift`), adding the all-negative block of each
-    visiting text block: one :math:`b \times b` block of logits and one :math:`b \times
-    D` text block at a time, never the :math:`b \times B` row (the paper's chunked
-    implementation, section 3.3). The blocks are rematerialized in the backward pass,
-    and the texts' gradients travel the ring back to their owners. Loss and gradients
-    equal the single-device ones.
+    visiting text block: one :math:`b \times b` block of logits at a time, never the
+    :math:`b \times B` row (the paper's chunked implementation, section 3.3). The
+    logit blocks are rematerialized in the backward pass, but the scan keeps each
+    visiting text block for it, so a device holds :math:`O(B D)` of text embeddings
+    (as much as a gather) and :math:`O(b^2)` of logits. The texts' gradients travel
+    the ring back to their owners. Loss and gradients equal the single-device ones.
 
     Args:
       image_embeddings: :math:`x`, ``[B, D]`` (``[b, D]``, this device's images, with

@@ -10,8 +10,9 @@ need every key, so they gather them; the collectives here are the pieces:
   gets back the sum over devices of the gradient of *its own* rows (OpenCLIP's
   ``gather_with_grad``), so no gradient is lost and none is counted twice.
 - :func:`ring_shift`: ``ppermute`` by one step around the axis; :math:`n - 1` shifts
-  visit every block while holding one :math:`b \times D` block at a time (SigLIP's
-  chunked loss). Its transpose is the shift the other way.
+  bring every device's block by in turn, so that a loss forms one :math:`b \times b`
+  block of scores at a time (SigLIP's chunked loss). Its transpose is the shift the
+  other way.
 - :func:`axis_size` / :func:`axis_index`: :math:`n` and this device's position, with an
   error that says what to do when the axis is not bound (the loss was called outside
   ``jax.shard_map``).
@@ -39,20 +40,22 @@ explicit ``in_specs`` then places (reshards) its inputs itself; pass
 Multi-host
 ----------
 Run the same script on every host, with ``jax.distributed.initialize()`` called first
-(before any other JAX call)::
+(before any other JAX call). Outside a managed cluster, tell it the coordinator, the
+number of processes and this process's id::
 
     # on each of N hosts (process id 0 .. N-1), host 0 reachable as HOST0:
-    JAX_COORDINATOR_ADDRESS=HOST0:1234 JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i \
-        python train.py
+    python train.py --coordinator HOST0:1234 --num-processes N --process-id i
 
     # train.py
     import jax
-    jax.distributed.initialize()      # reads the JAX_* variables above
-    mesh = jaxloss.distributed.data_mesh()   # all N x local devices
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id)
+    mesh = jaxloss.distributed.data_mesh()   # the devices of all N processes
 
 On SLURM (``srun``), Cloud TPU pods and Open MPI, ``jax.distributed.initialize()``
-takes no arguments and no variables: it detects the cluster. Each process then feeds
-its own slice of the global batch, e.g. with
+takes no arguments: it detects the cluster. Each process then feeds its own slice of
+the global batch, e.g. with
 ``jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local_batch)``,
 and the ``jax.shard_map`` over the mesh runs unchanged.
 

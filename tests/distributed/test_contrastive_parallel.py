@@ -114,6 +114,55 @@ def test_info_nce_over_two_mesh_axes():
                                 jaxloss.info_nce(Q, K, symmetric=True), **TOL)
 
 
+def test_info_nce_second_derivative_across_devices(mesh):
+    """Reverse-over-reverse through the symmetric loss across devices (its column
+    log-sum-exp's pmax takes no derivative): d2/dt2 and the Hessian-vector product
+    in the queries equal the single-device ones, chunked and not."""
+    v = _unit(RNG.normal(size=(B, D)))
+    for chunk_size in (None, 2):
+        def loss(q, k, t, axis_name=None, chunk_size=chunk_size):
+            return jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
+                                    chunk_size=chunk_size, axis_name=axis_name)
+
+        across = jax.shard_map(functools.partial(loss, axis_name="data"), mesh=mesh,
+                               in_specs=(ROWS, ROWS, REPLICATED), out_specs=REPLICATED)
+        for f, fn in (("across", across), ("one", loss)):
+            d2t = jax.grad(jax.grad(fn, argnums=2), argnums=2)(Q, K, TAU)
+            hvp = jax.grad(lambda q, fn=fn: jnp.vdot(jax.grad(fn)(q, K, TAU), v))(Q)
+            if f == "across":
+                got = (d2t, hvp)
+            else:
+                chex.assert_trees_all_close(got, (d2t, hvp), rtol=1e-4, atol=1e-5)
+
+
+def test_info_nce_inputs_varying_over_another_axis():
+    """On a (data, model) mesh, embeddings that also vary over "model" (e.g. a
+    different projection per model shard) with axis_name="data": values and gradients
+    equal the one-device loss of each model shard's inputs."""
+    mesh = distributed.model_mesh(2)
+    q2 = np.stack([Q, K])  # model shard 0 sees Q, shard 1 sees K as queries
+    k2 = np.stack([K, Q])
+
+    def body(q, k, t):
+        loss = jaxloss.info_nce(q[0], k[0], temperature=t, symmetric=True,
+                                reduction="mean", axis_name="data")
+        return loss[None]
+
+    across = jax.shard_map(body, mesh=mesh, in_specs=(P("model", "data"), P("model", "data"),
+                                                      REPLICATED),
+                           out_specs=P("model"))
+    value, grads = jax.jit(jax.value_and_grad(lambda q, k, t: jnp.sum(across(q, k, t)),
+                                              argnums=(0, 1, 2)))(q2, k2, TAU)
+
+    def one(q, k, t):
+        return sum(jaxloss.info_nce(q[i], k[i], temperature=t, symmetric=True,
+                                    reduction="mean") for i in range(2))
+
+    want_value, want_grads = jax.value_and_grad(one, argnums=(0, 1, 2))(q2, k2, TAU)
+    chex.assert_trees_all_close(value, want_value, **TOL)
+    chex.assert_trees_all_close(grads, want_grads, **TOL)
+
+
 def test_custom_vjp_losses_inside_shard_map_without_axis_name(mesh):
     """Each device's own loss (no axis_name) differentiates inside jax.shard_map: the
     replicated temperature and epsilon are cast to the rows' type, so the backward
