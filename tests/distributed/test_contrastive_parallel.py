@@ -187,16 +187,25 @@ def test_custom_vjp_losses_inside_shard_map_without_axis_name(mesh):
 # ntxent: gathered embeddings and labels, psum-med pair sum and count.
 
 
-def test_ntxent_matches_one_device(mesh):
-    def body(e, labels, t):
-        return jaxloss.ntxent(e, labels, t, axis_name="data")
-
-    across = jax.shard_map(body, mesh=mesh, in_specs=(ROWS, ROWS, REPLICATED),
-                           out_specs=REPLICATED)
-    got = jax.jit(jax.value_and_grad(across, argnums=(0, 2)))(Q, LABELS, TAU)
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_ntxent_and_siglip_mean_match_one_device(mesh, check_vma):
+    """ntxent and siglip's mean across devices, with shard_map's check_vma on and off
+    (off, shard_map itself sums the replicated inputs' cotangents)."""
     want = jax.jit(jax.value_and_grad(jaxloss.ntxent, argnums=(0, 2)))(Q, LABELS, TAU)
+    across = jax.shard_map(lambda e, y, t: jaxloss.ntxent(e, y, t, axis_name="data"),
+                           mesh=mesh, in_specs=(ROWS, ROWS, REPLICATED),
+                           out_specs=REPLICATED, check_vma=check_vma)
+    got = jax.jit(jax.value_and_grad(across, argnums=(0, 2)))(Q, LABELS, TAU)
     chex.assert_trees_all_close(got, want, **TOL)
     chex.assert_tree_all_finite(got)
+
+    want = jax.value_and_grad(jaxloss.siglip_loss, argnums=(0, 1, 2, 3))(Q, K, SCALE, BIAS)
+    across = jax.shard_map(
+        lambda x, y, t, b: jaxloss.siglip_loss(x, y, t, b, axis_name="data"), mesh=mesh,
+        in_specs=(ROWS, ROWS, REPLICATED, REPLICATED), out_specs=REPLICATED,
+        check_vma=check_vma)
+    got = jax.jit(jax.value_and_grad(across, argnums=(0, 1, 2, 3)))(Q, K, SCALE, BIAS)
+    chex.assert_trees_all_close(got, want, **TOL)
 
 
 # ---------------------------------------------------------------------------------
