@@ -74,6 +74,9 @@ class Sizes:
     ntxent: tuple[int, int]  # [B, D]
     triplet: tuple[int, int]  # [N, D]
     linear: tuple[int, int, int]  # (N, D, V) for linear_softmax_cross_entropy
+    # (N, D, V): the integer-label cross-entropy of hidden @ weight, differentiated with
+    # respect to both, as in a training step (None: no such row)
+    composed: tuple[int, int, int] | None = None
 
 
 FULL = Sizes(
@@ -83,6 +86,7 @@ FULL = Sizes(
     ntxent=(1024, 256),
     triplet=(4096, 256),
     linear=(4096, 512, 32768),
+    composed=(1024, 256, 32768),
 )
 SIZES = {
     "full": FULL,
@@ -98,6 +102,7 @@ SIZES = {
         ntxent=(32, 16),
         triplet=(64, 16),
         linear=(32, 16, 64),
+        composed=(16, 8, 64),
     ),
 }
 
@@ -283,6 +288,29 @@ def case_specs(
                                     data.to_torch(labels.astype(np.int64))),
                         note="optax/PyTorch on hidden @ weight; gradient w.r.t. both")
         specs.append(CaseSpec("linear_softmax_cross_entropy", build_linear))
+
+    # The cross-entropy inside a training step: the logits come from a matmul and the
+    # gradient flows on to the weight, so the loss's residuals and its gradient of the
+    # logits are XLA temporaries (a standalone value_and_grad returns the latter).
+    if sizes.composed is not None:
+        n_c, d_c, v_c = sizes.composed
+
+        def build_composed() -> Case:
+            hidden = data.normal((n_c, d_c))
+            weight = data.normal((d_c, v_c), scale=d_c**-0.5)
+            labels = data.rng.integers(0, v_c, n_c).astype(np.int32)
+            return Case(
+                "softmax_cross_entropy_with_integer_labels(hidden @ weight)",
+                f"N={n_c} D={d_c} V={v_c}", "float32",
+                lambda h, w, y: jaxloss.softmax_cross_entropy_with_integer_labels(h @ w, y),
+                lambda h, w, y: optax.losses.softmax_cross_entropy_with_integer_labels(
+                    h @ w, y),
+                (data.jax(hidden), data.jax(weight), data.jax(labels)), argnums=(0, 1),
+                torch=lambda h, w, y: F.cross_entropy(h @ w, y, reduction="none"),
+                torch_args=(data.to_torch(hidden), data.to_torch(weight),
+                            data.to_torch(labels.astype(np.int64))),
+                note="both on the materialized logits; gradient w.r.t. hidden and weight")
+        specs.append(CaseSpec("softmax_cross_entropy_with_integer_labels", build_composed))
     return specs
 
 

@@ -555,7 +555,7 @@ def linear_softmax_cross_entropy(
     of mesh axes (the columns split in ``PartitionSpec`` order). Rows may be split
     over another mesh axis at the same time (data parallelism)::
 
-      mesh = jax.make_mesh((jax.device_count(),), ("model",))
+      mesh = jaxloss.distributed.data_mesh("model")  # all devices, one "model" axis
 
       @jax.shard_map(mesh=mesh, out_specs=P(),
                      in_specs=(P(), P(None, "model"), P("model"), P()))
@@ -563,8 +563,8 @@ def linear_softmax_cross_entropy(
           return jaxloss.linear_softmax_cross_entropy(
               hidden, weight, labels, bias=bias, axis_name="model", reduction="mean")
 
-      # The arguments placed as in_specs says (make_mesh's axes are Explicit):
-      # weight = jax.device_put(weight, NamedSharding(mesh, P(None, "model"))), ...
+      # Auto axes: shard_map splits the global arrays as in_specs says. (On a mesh
+      # with Explicit axes, place them with jax.device_put first.)
       grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(hidden, weight, bias, labels)
 
     Args:

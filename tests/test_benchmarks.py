@@ -52,6 +52,7 @@ def test_tiny_run_writes_the_reports(tmp_path):
     expected = set(OPTAX_NAMESAKES)
     if hasattr(jaxloss, "linear_softmax_cross_entropy"):
         expected.add("linear_softmax_cross_entropy")
+    expected.add("softmax_cross_entropy_with_integer_labels(hidden @ weight)")
     assert {row["loss"] for row in rows} == expected
     assert len(rows) == len(expected)  # tiny: one row per loss
     for row in rows:
@@ -63,7 +64,9 @@ def test_tiny_run_writes_the_reports(tmp_path):
             assert result["jaxloss_temp_bytes"] >= 0 and result["optax_temp_bytes"] >= 0
         # The cross-entropy rows carry the gradient-write floor, the others none.
         floor = row["value_and_grad"]["floor_s"]
-        assert (floor is not None and floor > 0) == row["loss"].startswith("softmax_"), row
+        standalone = row["loss"] in ("softmax_cross_entropy",
+                                     "softmax_cross_entropy_with_integer_labels")
+        assert (floor is not None and floor > 0) == standalone, row
 
     markdown = stem.with_suffix(".md").read_text()
     for name in expected:
