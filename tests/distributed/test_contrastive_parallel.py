@@ -117,9 +117,10 @@ def test_info_nce_over_two_mesh_axes():
 def test_info_nce_second_derivative_across_devices(mesh):
     """Reverse-over-reverse through the symmetric loss across devices (its column
     log-sum-exp's pmax takes no derivative): d2/dt2 and the Hessian-vector product
-    in the queries equal the single-device ones, chunked and not."""
+    in the queries equal the single-device ones (chunked: both paths share the
+    column combination, and the scan is the harder one to differentiate twice)."""
     v = _unit(RNG.normal(size=(B, D)))
-    for chunk_size in (None, 2):
+    for chunk_size in (2,):
         def loss(q, k, t, axis_name=None, chunk_size=chunk_size):
             return jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
                                     chunk_size=chunk_size, axis_name=axis_name)
