@@ -442,7 +442,7 @@ def ntxent(
     total = jnp.sum(jnp.where(positives, per_pair, 0))
     count = jnp.sum(positives).astype(dtype)
     if axis_name is not None:
-        total, count = jax.lax.psum((total, count), dist._axes(axis_name))
+        total, count = jax.lax.psum((total, count), dist.axis_tuple(axis_name))
     return _safe_divide(total, count)
 
 
@@ -465,7 +465,7 @@ def _row_chunks(x: jax.Array, chunk: int) -> jax.Array:
 def _column_lse(col_max: jax.Array, col_sum: jax.Array, axis_name) -> jax.Array:
     """The log-sum-exp of each column from per-device partials ``(max, sum)`` with
     ``lse_r = max + log(sum)``: the global max by ``pmax``, the rescaled sums by ``psum``."""
-    axes = dist._axes(axis_name)
+    axes = dist.axis_tuple(axis_name)
     col_max = jnp.where(jnp.isfinite(col_max), col_max, 0)
     # The max is only a shift; pmax has no derivative rule (second derivatives).
     top = jax.lax.pmax(jax.lax.stop_gradient(col_max), axes)
@@ -615,7 +615,7 @@ def _global_reduce(losses: jax.Array, reduction: str, axis_name) -> jax.Array:
         return weighted_reduce(losses, reduction, where=None, denominator=None)
     if reduction == "none":
         return losses
-    total = jax.lax.psum(jnp.sum(losses), dist._axes(axis_name))
+    total = jax.lax.psum(jnp.sum(losses), dist.axis_tuple(axis_name))
     if reduction == "sum":
         return total
     return total / (losses.shape[0] * dist.axis_size(axis_name))

@@ -79,17 +79,21 @@ __all__ = [
     "all_gather_with_grad",
     "axis_index",
     "axis_size",
+    "axis_tuple",
     "data_mesh",
     "match_varying",
     "model_mesh",
     "ring_shift",
     "varying",
+    "varying_axes",
 ]
 
 AxisName = str | tuple[str, ...]
 
 
-def _axes(axis_name: AxisName) -> tuple[str, ...]:
+def axis_tuple(axis_name: AxisName) -> tuple[str, ...]:
+    """``axis_name`` as a tuple of mesh axis names (``"data"`` -> ``("data",)``), for
+    the collectives; TypeError for anything else."""
     if isinstance(axis_name, str):
         return (axis_name,)
     if isinstance(axis_name, tuple) and axis_name and all(isinstance(a, str) for a in axis_name):
@@ -105,7 +109,7 @@ def axis_size(axis_name: AxisName) -> int:
       ValueError: the axis is not bound, i.e. the caller is not inside a
         ``jax.shard_map`` (or ``pmap``) over a mesh with that axis.
     """
-    axes = _axes(axis_name)
+    axes = axis_tuple(axis_name)
     try:
         return int(jax.lax.axis_size(axes if len(axes) > 1 else axes[0]))
     except NameError as e:
@@ -119,7 +123,7 @@ def axis_size(axis_name: AxisName) -> int:
 def axis_index(axis_name: AxisName) -> jax.Array:
     """This device's position along ``axis_name``, in ``0 .. axis_size - 1``; for a
     tuple of axes the row-major position, the order of a tiled ``all_gather``."""
-    axes = _axes(axis_name)
+    axes = axis_tuple(axis_name)
     axis_size(axes)  # the clear error when unbound
     return jax.lax.axis_index(axes if len(axes) > 1 else axes[0])
 
@@ -132,14 +136,16 @@ def varying(x: jax.Array, axis_name: AxisName) -> jax.Array:
     per-device partial cotangent (e.g. a temperature) must be cast first: the
     transpose of the cast is a ``psum``, which adds the partials up.
     """
-    have = _varying_axes(x)
-    missing = tuple(a for a in _axes(axis_name) if a not in have)
+    have = varying_axes(x)
+    missing = tuple(a for a in axis_tuple(axis_name) if a not in have)
     if not missing:
         return x
     return jax.lax.pcast(x, missing, to="varying")
 
 
-def _varying_axes(x: jax.Array) -> frozenset[str]:
+def varying_axes(x: jax.Array) -> frozenset[str]:
+    """The manual mesh axes that ``x``'s type varies over inside ``jax.shard_map``
+    (empty outside it, and under ``check_vma=False``)."""
     manual = getattr(jax.typeof(x), "manual_axis_type", None)
     return frozenset(getattr(manual, "varying", frozenset()))
 
@@ -153,7 +159,7 @@ def match_varying(*xs: jax.Array | None) -> tuple[jax.Array | None, ...]:
     meets per-device rows gets a per-device cotangent; cast first, the scalar's
     cotangent is summed over the devices by the cast's transpose.
     """
-    axes = frozenset().union(*(_varying_axes(x) for x in xs if x is not None))
+    axes = frozenset().union(*(varying_axes(x) for x in xs if x is not None))
     if not axes:
         return xs
     names = tuple(sorted(axes))
@@ -169,7 +175,7 @@ def all_gather_with_grad(x: jax.Array, axis_name: AxisName) -> jax.Array:
     :math:`\sum_{r'} \partial L_{r'} / \partial x_r`, the gradient of every device's
     loss with respect to its own rows (OpenCLIP's ``gather_with_grad=True``).
     """
-    axes = _axes(axis_name)
+    axes = axis_tuple(axis_name)
     axis_size(axes)
     return jax.lax.all_gather(x, axes if len(axes) > 1 else axes[0], axis=0, tiled=True)
 
@@ -178,7 +184,7 @@ def ring_shift(x: jax.Array, axis_name: AxisName, shift: int = 1) -> jax.Array:
     r"""Device :math:`r` gets the ``x`` of device :math:`r - \text{shift}` (mod :math:`n`):
     every device passes its block ``shift`` steps along the ring. Differentiable (the
     transpose shifts back)."""
-    axes = _axes(axis_name)
+    axes = axis_tuple(axis_name)
     n = axis_size(axes)
     perm = [(r, (r + shift) % n) for r in range(n)]
     return jax.lax.ppermute(x, axes if len(axes) > 1 else axes[0], perm)

@@ -29,11 +29,11 @@ from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
 from jaxloss.distributed import (
     AxisName,
-    _varying_axes,
     axis_index,
     axis_size,
     match_varying,
     varying,
+    varying_axes,
 )
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "linear_softmax_cross_entropy"]
@@ -78,7 +78,7 @@ def _total_cotangent(g: jax.Array, typed_residual: jax.Array, axis_name: AxisNam
     mode is read off a residual that :func:`_vary_together` made varying over
     ``axis_name``: only with ``check_vma=True`` does its type say so."""
     axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-    if all(a in _varying_axes(typed_residual) for a in axes):
+    if all(a in varying_axes(typed_residual) for a in axes):
         return g
     return jax.lax.psum(g, axis_name)
 
