@@ -88,16 +88,44 @@ def weighted_reduce(
         weighted_losses = jnp.where(where, weighted_losses, 0)
     if reduction == "none":
         return weighted_losses
-    total = jnp.sum(weighted_losses, axis=axis)
     if reduction == "sum":
-        return total
+        return jnp.sum(weighted_losses, axis=axis)
     if denominator is None:
         denominator = jnp.ones_like(weighted_losses)
     denominator = jnp.broadcast_to(denominator.astype(weighted_losses.dtype),
                                    weighted_losses.shape)
     if where is not None:
         denominator = jnp.where(where, denominator, 0)
-    count = jnp.sum(denominator, axis=axis)
+    count = jnp.sum(denominator, axis=axis, keepdims=True)
     empty = count == 0
     # The double where keeps the gradient of an empty selection at exactly 0.
-    return jnp.where(empty, 0, total / jnp.where(empty, 1, count))
+    mean = jnp.where(empty, 0, overflow_safe_mean(weighted_losses, jnp.where(empty, 1, count),
+                                                  axis=axis, keepdims=True))
+    return _squeeze(mean, axis)
+
+
+def _squeeze(x: jax.Array, axis: Axis) -> jax.Array:
+    return jnp.squeeze(x, axis=tuple(range(x.ndim)) if axis is None else axis)
+
+
+def overflow_safe_mean(
+    values: jax.Array,
+    count: jax.Array | float,
+    *,
+    axis: Axis = None,
+    keepdims: bool = False,
+    axis_name: str | tuple[str, ...] | None = None,
+) -> jax.Array:
+    """``sum(values) / count`` over ``axis`` (and over the devices of ``axis_name``, by a
+    ``psum``), finite wherever the mean is.
+
+    ``count`` is a scalar or has the shape of the sum with ``keepdims=True``. Where the
+    sum overflows although the terms are finite, the result is the sum of
+    ``values / count`` instead; elsewhere it is the plain ``sum / count`` of
+    ``jnp.mean``, so ordinary values are unchanged."""
+    total = jnp.sum(values, axis=axis, keepdims=True)
+    scaled = jnp.sum(values / count, axis=axis, keepdims=True)
+    if axis_name is not None:
+        total, scaled = jax.lax.psum((total, scaled), axis_name)
+    mean = jnp.where(jnp.isinf(total) & jnp.isfinite(scaled), scaled, total / count)
+    return mean if keepdims else _squeeze(mean, axis)

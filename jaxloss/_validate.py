@@ -164,6 +164,43 @@ def positive(name: str, x: Any) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+Precision = Any  # what jnp.matmul's precision takes; see precision()
+
+
+def precision(name: str, value: Any) -> Precision:
+    """A matmul precision as ``jnp.matmul`` takes it, canonical (and hashable, so it can
+    be a static argument): None (follow ``jax_default_matmul_precision``), a
+    ``jax.lax.Precision`` or its name (``"default"``, ``"high"``, ``"highest"``,
+    ``"bfloat16"``, ``"tensorfloat32"``, ``"float32"``, ...), a pair of those (one per
+    operand), or a ``jax.lax.DotAlgorithmPreset``. Strings become
+    ``jax.lax.Precision``; anything else raises ValueError naming ``name``."""
+
+    def one(v: Any) -> Any:
+        if isinstance(v, jax.lax.Precision | jax.lax.DotAlgorithmPreset):
+            return v
+        if isinstance(v, str):
+            try:
+                return jax.lax.Precision(v)
+            except ValueError:
+                pass
+        raise ValueError(
+            f"{name} must be None, a jax.lax.Precision or one of 'default', 'high', "
+            f"'highest' (also 'bfloat16', 'tensorfloat32', 'float32'), a pair of them, or "
+            f"a jax.lax.DotAlgorithmPreset; got {value!r}")
+
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2 and not any(
+            isinstance(v, jax.lax.DotAlgorithmPreset) for v in value):
+        return (one(value[0]), one(value[1]))
+    return one(value)
+
+
+def check_precision(name: str, value: Any) -> None:
+    """:func:`precision` as a check of :func:`jit` (before the static argument is hashed)."""
+    precision(name, value)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxloss import _validate
+from jaxloss import _softmax, _validate
 from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
@@ -317,8 +317,7 @@ def _log_normalizer(
     x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype
 ) -> tuple[jax.Array, jax.Array]:
     """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``, in
-    ``dtype``. The maxima are taken in ``x``'s own dtype (exact) so that the only
-    conversion is inside the sum, where XLA fuses it instead of copying ``x``.
+    ``dtype``, kept apart (see :mod:`jaxloss._softmax`).
 
     A long row is reduced in blocks of a few thousand classes (a free reshape): each
     block's max and sum of exponentials, then the blocks' sums rescaled to the row's
@@ -328,29 +327,7 @@ def _log_normalizer(
     over memory."""
     if valid is not None:
         x = jnp.where(valid, x, -jnp.inf)
-    block = _row_block(x.shape[-1])
-    if block is None:
-        m = jnp.max(x, axis=-1, keepdims=True).astype(dtype)
-        m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), 0, m))
-        log_s = jnp.log(jnp.sum(jnp.exp(x.astype(dtype) - m), axis=-1, keepdims=True))
-        return m, log_s
-    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
-    block_max = jax.lax.stop_gradient(jnp.max(xb, axis=-1).astype(dtype))
-    shift = jnp.where(jnp.isneginf(block_max), 0, block_max)
-    block_sum = jnp.sum(jnp.exp(xb.astype(dtype) - shift[..., None]), axis=-1)
-    m = jnp.max(block_max, axis=-1, keepdims=True)
-    m = jnp.where(jnp.isneginf(m), 0, m)
-    # An empty block has block_sum 0 and scale exp(-inf) = 0: no 0 * inf.
-    scale = jnp.exp(block_max - m)
-    log_s = jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
-    return m, log_s
-
-
-def _softmax(x: jax.Array, lse: jax.Array, valid: jax.Array | None) -> jax.Array:
-    """The softmax rebuilt from its log-normalizer; 0 on excluded classes."""
-    if valid is not None:
-        x = jnp.where(valid, x, -jnp.inf)
-    return jnp.exp(x - jnp.where(jnp.isneginf(lse), 0, lse))
+    return _softmax.normalizer(x, dtype, block=_row_block(x.shape[-1]))
 
 
 def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
@@ -362,17 +339,12 @@ def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
     return support / jnp.maximum(count, 1).astype(x.dtype)
 
 
-def _neg_log_softmax(x: jax.Array, m: jax.Array, log_s: jax.Array) -> jax.Array:
-    """:math:`\\mathrm{lse}(x) - x_c`, as :math:`(m - x_c) + \\log s` so that the
-    label's term keeps its precision when |x| is huge."""
-    return (m - x) + log_s
-
-
 def _cross_entropy_grad(
-    x: jax.Array, lse: jax.Array, valid: jax.Array | None, target: jax.Array, g: jax.Array
+    x: jax.Array, m: jax.Array, log_s: jax.Array, valid: jax.Array | None, target: jax.Array,
+    g: jax.Array,
 ) -> jax.Array:
     """:math:`g\\,(p \\sum_c a_c - a)`, the gradient of :math:`\\sum_c a_c(\\mathrm{lse} - x_c)`."""
-    p = _softmax(x, lse, valid)
+    p = _softmax.probabilities(x, m, log_s, valid)
     return _times(g[..., None], p * jnp.sum(target, axis=-1, keepdims=True) - target)
 
 
@@ -398,12 +370,12 @@ def _dense_target(x, labels, smoothing, valid):
 
 def _softmax_ce_fwd(logits, labels, smoothing, valid):
     r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x) - x_c)`; residuals: the inputs and
-    :math:`\mathrm{lse}` per row."""
+    the normalizer :math:`(m, \log s)` per row."""
     x = logits.astype(labels.dtype)
     m, log_s = _log_normalizer(logits, valid, labels.dtype)
     target = _dense_target(x, labels, smoothing, valid)
-    loss = jnp.sum(_times(target, _neg_log_softmax(x, m, log_s)), axis=-1)
-    return loss, (logits, labels, smoothing, valid, m + log_s)
+    loss = jnp.sum(_times(target, _softmax.neg_log_probabilities(x, m, log_s)), axis=-1)
+    return loss, (logits, labels, smoothing, valid, m, log_s)
 
 
 def _softmax_ce_bwd(residuals, g):
@@ -411,12 +383,12 @@ def _softmax_ce_bwd(residuals, g):
     :math:`\partial\ell/\partial y_c = (1-\epsilon)(\mathrm{lse} - x_c)` on the classes
     that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
     (\mathrm{lse} - x_c)`."""
-    logits, labels, smoothing, valid, lse = residuals
+    logits, labels, smoothing, valid, m, log_s = residuals
     x = logits.astype(labels.dtype)
     target = _dense_target(x, labels, smoothing, valid)
-    d_logits = _cross_entropy_grad(x, lse, valid, target, g)
+    d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
-    nll = jnp.where(exists, lse - x, 0)
+    nll = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s), 0)
     d_labels = _times(g[..., None], nll)
     d_smoothing = None
     if smoothing is not None:
@@ -549,20 +521,23 @@ def _integer_ce(logits, labels, class_weights, smoothing, valid, gather):
 def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather):
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
     (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`; NaN for a label
-    outside ``[0, C)``. Residuals: the inputs and :math:`\mathrm{lse}` per row."""
+    outside ``[0, C)``. Residuals: the inputs and the normalizer :math:`(m, \log s)`
+    per row."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     m, log_s = _log_normalizer(logits, valid, dtype)
     # Picked from the input dtype: a gather from the float32 copy of bf16 logits would
     # make XLA materialize that copy.
-    label_nll = (m[..., 0] - _pick(logits, labels, gather).astype(dtype)) + log_s[..., 0]
+    label_nll = _softmax.neg_log_probabilities(
+        _pick(logits, labels, gather).astype(dtype), m[..., 0], log_s[..., 0])
     loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_nll)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     if smooth is not None:
-        loss = loss + jnp.sum(_times(smooth, _neg_log_softmax(x, m, log_s)), axis=-1)
+        loss = loss + jnp.sum(_times(smooth, _softmax.neg_log_probabilities(x, m, log_s)),
+                              axis=-1)
     in_range = (labels >= 0) & (labels < x.shape[-1])
     loss = jnp.where(in_range, loss, jnp.nan)
-    return loss, (logits, labels, class_weights, smoothing, valid, m + log_s)
+    return loss, (logits, labels, class_weights, smoothing, valid, m, log_s)
 
 
 def _integer_ce_bwd(gather, residuals, g):
@@ -571,13 +546,13 @@ def _integer_ce_bwd(gather, residuals, g):
     :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n - x_{nc})`;
     :math:`\partial\ell/\partial\epsilon = \sum_n [\sum_c w_c u_{nc}(\mathrm{lse}_n
     - x_{nc}) - w_{y_n}(\mathrm{lse}_n - x_{n y_n})]`."""
-    logits, labels, class_weights, smoothing, valid, lse = residuals
+    logits, labels, class_weights, smoothing, valid, m, log_s = residuals
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     alpha = _label_coefficient(x, labels, class_weights, smoothing, gather)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     total = alpha if smooth is None else alpha + jnp.sum(smooth, axis=-1)
-    p = _softmax(x, lse, valid)
+    p = _softmax.probabilities(x, m, log_s, valid)
     d_logits = _times((g * total)[..., None], p)
     if smooth is not None:
         d_logits = d_logits - _times(g[..., None], smooth)
@@ -587,8 +562,9 @@ def _integer_ce_bwd(gather, residuals, g):
 
     d_weights = d_smoothing = None
     if class_weights is not None or smoothing is not None:
-        nll = lse - x
-        label_nll = lse[..., 0] - _pick(x, labels, gather)
+        nll = _softmax.neg_log_probabilities(x, m, log_s)
+        label_nll = _softmax.neg_log_probabilities(_pick(x, labels, gather), m[..., 0],
+                                                   log_s[..., 0])
         keep = 1.0 if smoothing is None else 1 - smoothing
     if class_weights is not None:
         # A compare-and-sum down the rows, not a scatter: it fuses, and it has an

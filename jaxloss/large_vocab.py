@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxloss import _validate
+from jaxloss import _softmax, _validate
 from jaxloss._checked import check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
@@ -125,18 +125,17 @@ def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axi
     over ``axis_name``: :math:`m = \mathrm{pmax}(\max_c x_c)`, :math:`\mathrm{lse} = m +
     \log \mathrm{psum}(\sum_c e^{x_c - m})`, :math:`x_y` and :math:`w_y` from the shard
     owning :math:`y`; NaN for a label outside ``[0, V)``. Residuals: the inputs and, per
-    row, :math:`\mathrm{lse}`, :math:`\alpha`, :math:`\alpha + \epsilon \sum_c w_c
+    row, the normalizer :math:`(m, \log s)`, :math:`\alpha`, :math:`\alpha + \epsilon \sum_c w_c
     u_c` and, as needed, :math:`\mathrm{lse} - x_y` and the number of classes."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
     masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
     m = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(masked, axis=-1)), axis_name)
-    m = jnp.where(jnp.isneginf(m), 0, m)
+    m = _softmax.finite_shift(m)
     s = jax.lax.psum(jnp.sum(jnp.exp(masked - m[..., None]), axis=-1), axis_name)
     log_s = jnp.log(s)
-    # (m - x_y) + log s keeps the label's term exact when |x| is huge.
-    label_nll = (m - _owner_pick(x, local, axis_name)) + log_s
+    label_nll = _softmax.neg_log_probabilities(_owner_pick(x, local, axis_name), m, log_s)
     alpha = (jnp.ones(labels.shape, dtype) if class_weights is None
              else _owner_pick(class_weights, local, axis_name))
     if smoothing:
@@ -147,11 +146,11 @@ def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axi
         support = masked > -jnp.inf
         count = jax.lax.psum(jnp.sum(support, axis=-1), axis_name)
         smooth = _shard_smoothing(support, count, class_weights, smoothing, dtype)
-        neg_log_p = (m[..., None] - x) + log_s[..., None]
+        neg_log_p = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None])
         loss = loss + jax.lax.psum(jnp.sum(_times(smooth, neg_log_p), axis=-1), axis_name)
         total = alpha + jax.lax.psum(jnp.sum(smooth, axis=-1), axis_name)
     loss = jnp.where(in_range, loss, jnp.nan)
-    residuals = (logits, labels, class_weights, valid, m + log_s, alpha, total,
+    residuals = (logits, labels, class_weights, valid, m, log_s, alpha, total,
                  None if class_weights is None else label_nll, count)
     return loss, residuals
 
@@ -168,13 +167,13 @@ def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
     \alpha [c = y] - \epsilon w_c u_c` on this shard's classes (:math:`p` rebuilt from
     the global :math:`\mathrm{lse}`, no collective); :math:`\partial\ell/\partial w_c
     = (1 - \epsilon)[c = y](\mathrm{lse} - x_y) + \epsilon u_c(\mathrm{lse} - x_c)`."""
-    logits, labels, class_weights, valid, lse, alpha, total, label_nll, count = residuals
+    logits, labels, class_weights, valid, m, log_s, alpha, total, label_nll, count = residuals
     g = _total_cotangent(g, logits, axis_name)
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
     masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
-    p = jnp.exp(masked - jnp.where(jnp.isneginf(lse), 0, lse)[..., None])
+    p = _softmax.probabilities(masked, m[..., None], log_s[..., None])
     d_logits = _times((g * (alpha if total is None else total))[..., None], p)
     if smoothing:
         smooth = _shard_smoothing(masked > -jnp.inf, count, class_weights, smoothing, dtype)
@@ -191,7 +190,8 @@ def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
         if smoothing:
             uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
             per_class = per_class + _times(g[..., None],
-                                           _times(uniform, lse[..., None] - x))
+                                           _times(uniform, _softmax.neg_log_probabilities(
+                                               x, m[..., None], log_s[..., None])))
         d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     return d_logits.astype(logits.dtype), None, d_weights, None
 
@@ -292,17 +292,17 @@ def _select(fresh: jax.Array | None, new: jax.Array, old: jax.Array | float) -> 
     return new if fresh is None else jnp.where(fresh, new, old)
 
 
-def _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype):
+def _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision):
     """:math:`x = H W_{:,k} + b_k` for the chunk's columns :math:`k`, accumulated in
     ``dtype`` (float32 for bf16 inputs); ``-inf`` on the columns that are not new."""
     w = jax.lax.dynamic_slice_in_dim(weight, begin, chunk, axis=1)
-    x = jnp.matmul(hidden, w, preferred_element_type=dtype)
+    x = jnp.matmul(hidden, w, precision=precision, preferred_element_type=dtype)
     if bias is not None:
         x = x + jax.lax.dynamic_slice_in_dim(bias, begin, chunk).astype(dtype)
     return _select(fresh, x, -jnp.inf), w
 
 
-def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
+def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name, precision):
     """One scan over the chunks: the online log-sum-exp, the label's logit and, with
     smoothing, the count and mean of the logits that exist (finite) in each row.
 
@@ -318,11 +318,8 @@ def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
     def step(carry, start):
         m, s, x_label, x_sum, count = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
-        x, _ = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype)
-        # Online log-sum-exp: m is the running max (0 while the row has only -inf).
-        m_new = jnp.maximum(m, jax.lax.stop_gradient(jnp.max(x, axis=1)))
-        shift = jnp.where(jnp.isneginf(m_new), 0, m_new)
-        s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - shift[:, None]), axis=1)
+        x, _ = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
+        m_new, s = _softmax.online_update(m, s, x, axis=1)
         # The label's logit, when this chunk holds it as a new column: a gather of one
         # entry per row (the very value the log-sum-exp saw, so the loss of a row
         # whose label has the largest logit is exactly log s however large x is).
@@ -343,63 +340,59 @@ def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
     init = _vary_together(init, hidden, weight, bias, labels)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
     (m, s, x_label, x_sum, count), _ = jax.lax.scan(step, init, starts)
-    m_local = jnp.where(jnp.isneginf(m), 0, m)
-    if axis_name is None:
-        m = m_local
-    else:
-        m = jax.lax.pmax(m, axis_name)
-        m = jnp.where(jnp.isneginf(m), 0, m)
-        # s was summed relative to this shard's max; 0 * e^(...) stays 0 on a shard
-        # whose logits are all -inf, however far below 0 the global max is.
-        s = jax.lax.psum(_times(s, jnp.exp(m_local - m)), axis_name)
+    if axis_name is not None:
+        m, s = _softmax.combine(m, s, axis_name)
         x_label = jax.lax.psum(x_label, axis_name)
         if smoothing:
             x_sum = jax.lax.psum(x_sum, axis_name)
             count = jax.lax.psum(count, axis_name)
-    log_s = jnp.log(s)
-    # (m - x) + log s keeps the label's term exact when |x| is huge (as in
-    # classification._neg_log_softmax).
-    loss = (m - x_label) + log_s
+    m, log_s = _softmax.finish(m, s)
+    loss = _softmax.neg_log_probabilities(x_label, m, log_s)
     if smoothing:
         mean = x_sum * (total_vocab / jnp.maximum(count, 1).astype(dtype))
         uniform = jnp.where(count > 0, (m - mean) + log_s, 0)
         loss = _times(jnp.asarray(1 - smoothing, dtype), loss) + smoothing * uniform
     loss = jnp.where(in_range, loss, jnp.nan)
-    return loss, m + log_s, count
+    return loss, m, log_s, count
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
-    return _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name, precision):
+    return _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
+                    precision)[0]
 
 
-def _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name):
+def _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
+                   precision):
     r""":math:`\ell_n = \sum_c q_{nc}(\mathrm{lse}(x_n) - x_{nc})`, NaN for a label
-    outside ``[0, V)``. Residuals: the inputs, :math:`\mathrm{lse}` per row and, with
+    outside ``[0, V)``. Residuals: the inputs, the normalizer :math:`(m, \log s)` per
+    row and, with
     smoothing, the number of classes per row whose logit is finite. With ``axis_name``
     (``vocab`` is then this device's share) these are global: over every shard."""
-    loss, lse, count = _forward(hidden, weight, bias, labels, vocab, chunk, smoothing,
-                                axis_name)
-    return loss, (hidden, weight, bias, labels, lse, count if smoothing else None)
+    loss, m, log_s, count = _forward(hidden, weight, bias, labels, vocab, chunk, smoothing,
+                                     axis_name, precision)
+    return loss, (hidden, weight, bias, labels, m, log_s, count if smoothing else None)
 
 
-def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, residuals, g):
+def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
     r"""Per chunk :math:`k` of columns, with :math:`G = g\,(P - Q)` on those columns
-    (:math:`P` the softmax rebuilt from :math:`\mathrm{lse}`, :math:`Q` the target):
+    (:math:`P` the softmax rebuilt from the normalizer, :math:`Q` the target; the
+    recomputed logits may differ from the forward pass's in their last bits, and
+    :func:`jaxloss._softmax.probabilities` keeps each entry of :math:`P` in [0, 1]):
     :math:`\partial H \mathrel{+}= G W_{:,k}^\top`, :math:`\partial W_{:,k} = H^\top G`,
     :math:`\partial b_k = \sum_n G_{n\cdot}`. With ``axis_name`` the chunks are this
     device's columns and :math:`\partial H` is this device's share, which the transpose
     of :func:`_vary_together` (or shard_map's, under ``check_vma=False``) sums."""
-    hidden, weight, bias, labels, lse, count = residuals
+    hidden, weight, bias, labels, m, log_s, count = residuals
     if axis_name is not None:
         g = _total_cotangent(g, weight, axis_name)
-    dtype = lse.dtype
+    dtype = log_s.dtype
+    tolerance = _softmax.recompute_tolerance(dtype)
     operand = jnp.promote_types(hidden.dtype, weight.dtype)
     local, _, in_range = _shard_labels(labels, vocab, axis_name)
     # A row with an out-of-range label has a NaN loss, and a NaN gradient where its
     # cotangent is not 0 (as classification's integer cross-entropy).
     g = jnp.where(~in_range & (g != 0), jnp.nan, g.astype(dtype))
-    lse = jnp.where(jnp.isneginf(lse), 0, lse)
     # A row whose cotangent is 0 (masked, ignored) reaches no gradient, even where
     # its hidden state is NaN or inf.
     hidden_kept = jnp.where((g != 0)[:, None], hidden, 0)
@@ -411,8 +404,8 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, residuals, g):
     def step(carry, start):
         d_hidden, d_weight, d_bias = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
-        x, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype)
-        p = jnp.exp(x - lse[:, None])
+        x, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
+        p = _softmax.probabilities(x, m[:, None], log_s[:, None], tolerance=tolerance)
         columns = begin + jnp.arange(chunk, dtype=begin.dtype)
         onehot = _select(fresh, local[:, None] == columns, False).astype(dtype)
         if smoothing:
@@ -423,8 +416,10 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, residuals, g):
         grad = _times(g[:, None], grad)
         d_b = jnp.sum(grad, axis=0) if d_bias is not None else None
         grad = grad.astype(operand)
-        d_hidden = d_hidden + jnp.matmul(grad, w.T, preferred_element_type=dtype)
-        d_w = jnp.matmul(hidden_kept.T, grad, preferred_element_type=dtype)
+        d_hidden = d_hidden + jnp.matmul(grad, w.T, precision=precision,
+                                         preferred_element_type=dtype)
+        d_w = jnp.matmul(hidden_kept.T, grad, precision=precision,
+                         preferred_element_type=dtype)
         old = jax.lax.dynamic_slice_in_dim(d_weight, begin, chunk, axis=1)
         d_weight = jax.lax.dynamic_update_slice_in_dim(
             d_weight, _select(fresh, d_w.astype(d_weight.dtype), old), begin, axis=1)
@@ -436,7 +431,7 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, residuals, g):
 
     init = (jnp.zeros(hidden.shape, dtype), jnp.zeros(weight.shape, weight.dtype),
             None if bias is None else jnp.zeros(bias.shape, bias.dtype))
-    init = _vary_together(init, hidden, weight, bias, labels, g, lse)
+    init = _vary_together(init, hidden, weight, bias, labels, g, log_s)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
     (d_hidden, d_weight, d_bias), _ = jax.lax.scan(step, init, starts)
     return d_hidden.astype(hidden.dtype), d_weight, d_bias, None
@@ -447,7 +442,7 @@ _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 def _check_linear_ce(hidden, weight, labels, *, bias=None, chunk_size=None,
                      ignore_index=None, label_smoothing=0.0, where=None, reduction="none",
-                     axis_name=None):
+                     axis_name=None, precision=None):
     vocab = jnp.shape(weight)[-1]
     if axis_name is not None:
         vocab *= axis_size(axis_name)
@@ -456,7 +451,8 @@ def _check_linear_ce(hidden, weight, labels, *, bias=None, chunk_size=None,
 
 @register_checks(_check_linear_ce)
 @_validate.jit(static_argnames=("chunk_size", "ignore_index", "label_smoothing", "reduction",
-                               "axis_name"))
+                               "axis_name", "precision"),
+               checks={"precision": _validate.check_precision})
 def linear_softmax_cross_entropy(
     hidden: ArrayLike,
     weight: ArrayLike,
@@ -469,6 +465,7 @@ def linear_softmax_cross_entropy(
     where: ArrayLike | None = None,
     reduction: Reduction = "none",
     axis_name: AxisName | None = None,
+    precision: _validate.Precision = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy of ``hidden @ weight + bias`` with integer labels, without
     ever holding the ``[N, V]`` logits.
@@ -584,6 +581,13 @@ def linear_softmax_cross_entropy(
       axis_name: None (default), or the mesh axis (or tuple of axes) of the enclosing
         ``jax.shard_map`` over which ``weight``'s columns and ``bias`` are split;
         ``labels`` stay global ids and :math:`V` above is then ``n * weight.shape[1]``.
+      precision: the precision of the three matmuls (the logits, forward and backward,
+        and the two gradient products), as ``jnp.matmul`` takes it: None (default:
+        ``jax_default_matmul_precision``), ``"default"``, ``"high"``, ``"highest"``, a
+        ``jax.lax.Precision`` or a pair. On a CPU float32 products are exact at any
+        setting; the default is TF32 on NVIDIA GPUs and one bf16 pass on TPUs, whose
+        rounding (about 1e-3 relative) reaches the loss and gradients. Pass
+        ``"highest"`` to compare with a float64 reference or another implementation.
 
     Returns:
       One loss per row (``labels.shape``) for ``"none"``, in
@@ -648,7 +652,9 @@ def linear_softmax_cross_entropy(
     total_vocab = vocab if axis_name is None else vocab * axis_size(axis_name)
     labels = jnp.where((labels >= 0) & (labels < total_vocab), labels, -1).astype(index)
     hidden, weight, bias = _vary_together((hidden, weight, bias), labels, axis_name=axis_name)
-    losses = _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name)
+    precision = _validate.precision("precision", precision)
+    losses = _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
+                        precision)
     return weighted_reduce(losses.reshape(shape), reduction,
                            where=None if keep is None else keep.reshape(shape),
                            denominator=None)

@@ -1,0 +1,142 @@
+r"""The softmax's normalizer, shared by every loss built on a log-sum-exp.
+
+A row's normalizer is kept as two numbers, never as their sum: the shift :math:`m`
+(the row's max, without gradient) and :math:`\log s` with :math:`s = \sum_c e^{x_c -
+m} \ge 1`. At :math:`|m| \approx 10^{30}` the float32 sum :math:`m + \log s` is just
+:math:`m`, and probabilities rebuilt as :math:`e^{x - (m + \log s)}` would sum to the
+number of tied maxima. Rebuilt as
+
+.. math::
+  p_c = \exp\bigl(\min(x_c - m, 0) - \max(\log s, 0)\bigr)
+
+each is at most 1 and a row's sum is 1 at any scale. The clamps matter where a
+backward pass recomputes :math:`x` (a chunk of ``hidden @ weight``, a block of scores)
+and the recomputation differs from the forward pass's in its last bits, as it may on
+another CPU or at another matmul precision: at :math:`10^{31}` one ulp is
+:math:`10^{24}`, and an unclamped :math:`x - m` of that size overflows ``exp``. The
+clamps change values only, never slopes (``jax.hessian`` goes through the backward
+passes, and ``jnp.minimum`` would halve the derivative at the tie :math:`x = m`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss._math import times
+
+
+def _zero_where(x: jax.Array, clamp: jax.Array) -> jax.Array:
+    """``x`` with 0 where ``clamp``, keeping the derivative of ``x`` there: the clamps
+    correct values that rounding moved past a bound, not the mathematics, so the slope
+    (which ``jax.hessian`` and the output's own linearization use) stays the exact one."""
+    return jnp.where(clamp, x - jax.lax.stop_gradient(x), x)
+
+
+def finite_shift(m: jax.Array) -> jax.Array:
+    """A row max usable as a shift: 0 where the row has only ``-inf`` (or is empty)."""
+    return jnp.where(jnp.isneginf(m), 0, m)
+
+
+def normalizer(
+    x: jax.Array, dtype: jnp.dtype, *, axis: int = -1, block: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    r"""``(m, log s)`` of ``x`` along ``axis`` (kept as a size-1 axis), in ``dtype``.
+
+    ``m`` is the max (0 for a row of ``-inf``; no gradient), ``log s`` is
+    :math:`\log \sum e^{x - m}` (:math:`\ge 0`, ``-inf`` for a row of ``-inf``). The max
+    is taken in ``x``'s own dtype (exact) so that the only conversion is inside the sum,
+    where XLA fuses it instead of copying ``x``. With ``block`` (a divisor of the last
+    axis, ``axis=-1`` only) the row is reduced in blocks of that many entries and the
+    blocks' sums rescaled to the row's max: the same sum, which XLA's CPU backend runs
+    much faster for very long rows."""
+    if block is None:
+        m = jnp.max(x, axis=axis, keepdims=True).astype(dtype)
+        m = jax.lax.stop_gradient(finite_shift(m))
+        log_s = jnp.log(jnp.sum(jnp.exp(x.astype(dtype) - m), axis=axis, keepdims=True))
+        return m, log_s
+    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
+    block_max = jax.lax.stop_gradient(jnp.max(xb, axis=-1).astype(dtype))
+    block_sum = jnp.sum(jnp.exp(xb.astype(dtype) - finite_shift(block_max)[..., None]),
+                        axis=-1)
+    m = finite_shift(jnp.max(block_max, axis=-1, keepdims=True))
+    # An empty block has block_sum 0 and scale exp(-inf) = 0: no 0 * inf.
+    scale = jnp.exp(block_max - m)
+    return m, jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
+
+
+def online_update(
+    m: jax.Array, s: jax.Array, x: jax.Array, *, axis: int
+) -> tuple[jax.Array, jax.Array]:
+    r"""Folds a block ``x`` into a running ``(m, s)`` along ``axis`` (reduced away):
+    :math:`m' = \max(m, \max x)`, :math:`s' = s\,e^{m - m'} + \sum e^{x - m'}`. Start
+    from ``m = -inf``, ``s = 0``; finish with :func:`finish`."""
+    m_new = jnp.maximum(m, jax.lax.stop_gradient(jnp.max(x, axis=axis)))
+    shift = finite_shift(m_new)
+    s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - jnp.expand_dims(shift, axis)), axis=axis)
+    return m_new, s
+
+
+def finish(m: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A running ``(m, s)`` as ``(m, log s)`` with a finite shift."""
+    return finite_shift(m), jnp.log(s)
+
+
+def combine(
+    m: jax.Array, s: jax.Array, axis_name: str | tuple[str, ...]
+) -> tuple[jax.Array, jax.Array]:
+    r"""Per-device ``(m_i, s_i)`` of the same rows as the global ``(m, s)``:
+    :math:`m = \mathrm{pmax}_i m_i`, :math:`s = \mathrm{psum}_i s_i e^{m_i - m}`.
+
+    ``m_i`` may be ``-inf`` (a device whose entries are all ``-inf``): its ``s_i`` is 0
+    and contributes 0, however far below 0 the global max is."""
+    m_i = finite_shift(m)
+    # The max is only a shift; pmax has no derivative rule (second derivatives).
+    top = finite_shift(jax.lax.pmax(jax.lax.stop_gradient(m), axis_name))
+    return top, jax.lax.psum(times(s, jnp.exp(m_i - top)), axis_name)
+
+
+# Logits that a backward pass recomputes are taken as the forward pass's maximum where they
+# lie within this many float epsilons (relative to |m|) of it. A recomputation that is not
+# bit-identical (another CPU's kernel, another fusion) moves a dot product by a few ulps of
+# its terms; at |m| = 1e31 that is 1e24, and the row's maximum recomputed that much lower
+# would get probability exp(-1e24) = 0 instead of 1. At ordinary scales the window is
+# below the float32 rounding of the logits themselves (1.9e-6 relative).
+RECOMPUTE_ULPS = 16
+
+
+def recompute_tolerance(dtype: jnp.dtype) -> float:
+    """The relative window of :func:`probabilities` for logits recomputed in ``dtype``."""
+    return RECOMPUTE_ULPS * float(jnp.finfo(dtype).eps)
+
+
+def probabilities(
+    x: jax.Array, m: jax.Array, log_s: jax.Array, valid: jax.Array | None = None, *,
+    tolerance: float = 0.0,
+) -> jax.Array:
+    r"""The softmax rebuilt from its normalizer (``m`` and ``log_s`` broadcast against
+    ``x``): :math:`\exp(\min(x - m, 0) - \max(\log s, 0))`, each entry in
+    :math:`[0, 1]` however ``x`` differs from the values the normalizer was formed
+    from; 0 where ``valid`` is False and where :math:`x = -\infty`.
+
+    With ``tolerance`` (for logits a backward pass recomputed; see
+    :func:`recompute_tolerance`), :math:`x - m` is also taken as 0 where it lies within
+    ``tolerance * |m|`` below 0. The clamped entries keep the slope of :math:`x - m`
+    (see :func:`_zero_where`), so that the second derivative through a backward pass
+    is that of the exact softmax."""
+    if valid is not None:
+        x = jnp.where(valid, x, -jnp.inf)
+    d = x - m
+    window = 0.0 if not tolerance else tolerance * jnp.abs(m)
+    d = _zero_where(d, d > -window)
+    # A row of -inf only (log s = -inf): every entry 0, not exp(-inf + inf).
+    log_s = jnp.where(jnp.isneginf(log_s), 0, _zero_where(log_s, log_s < 0))
+    return jnp.exp(d - log_s)
+
+
+def neg_log_probabilities(x: jax.Array, m: jax.Array, log_s: jax.Array) -> jax.Array:
+    r""":math:`-\log p_c = \max(m - x_c, 0) + \log s`, never below :math:`\log s`. As
+    :math:`(m - x_c) + \log s` rather than :math:`\mathrm{lse} - x_c`, so that the term
+    of a class near the max keeps its precision when :math:`|x|` is huge."""
+    d = m - x
+    return _zero_where(d, d < 0) + log_s

@@ -1,0 +1,253 @@
+"""The softmax normalizer shared by the cross-entropies and the contrastive losses.
+
+Two faults it must not have (issue: exact on every machine and backend):
+
+- ``lse = m + log s`` in one number loses ``log s`` when ``|m|`` is huge, so the
+  probabilities rebuilt as ``exp(x - lse)`` can sum to 2;
+- a backward pass that recomputes logits which differ from the forward pass's in their
+  last bits (another CPU, another precision) makes ``x - lse > 0``, and at 1e31 one ulp
+  is 1e24: ``exp`` overflows.
+
+The first is checked at exact limits. The second by making the two passes differ on
+purpose: the backward rule is called with residuals whose inputs are moved by one ulp
+from those the forward pass saw, as a recomputation on another machine would be.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxloss
+from jaxloss import contrastive, large_vocab
+
+F32 = np.float32
+TIES = np.array([[-1e30, 1e30, 1e30]], F32)
+TIES_GRAD = np.array([[0.0, 0.5, -0.5]], F32)  # label 2: softmax - onehot
+
+
+def _grad(f, *args):
+    return jax.jit(jax.grad(lambda *a: jnp.sum(f(*a))))(*args)
+
+
+# ---------------------------------------------------------------------------------
+# Exact limits: each row's probabilities sum to 1 at any scale.
+
+
+def test_integer_labels_at_tied_huge_logits():
+    f = jaxloss.softmax_cross_entropy_with_integer_labels
+    np.testing.assert_array_equal(_grad(lambda x: f(x, np.array([2])), TIES), TIES_GRAD)
+    np.testing.assert_allclose(f(TIES, np.array([2])), [np.log(2.0)], rtol=1e-6)
+
+
+def test_dense_targets_at_tied_huge_logits():
+    onehot = np.array([[0.0, 0.0, 1.0]], F32)
+    got = _grad(lambda x: jaxloss.softmax_cross_entropy(x, onehot), TIES)
+    np.testing.assert_array_equal(got, TIES_GRAD)
+
+
+def test_smoothed_and_weighted_at_tied_huge_logits():
+    """The -1e30 class exists (its logit is finite): u = 1/3 on each class and the
+    gradient is p - q with q = 0.7 onehot + 0.3 u."""
+    f = jaxloss.softmax_cross_entropy_with_integer_labels
+    got = _grad(lambda x: f(x, np.array([2]), label_smoothing=0.3), TIES)
+    q = 0.7 * np.array([0, 0, 1.0]) + 0.3 / 3
+    np.testing.assert_allclose(got, [[0.0, 0.5, 0.5]] - q, rtol=1e-6, atol=1e-7)
+
+
+def test_long_row_at_tied_huge_logits():
+    """A row over 32768 classes is reduced in blocks: the same exact limit."""
+    x = np.full((1, 65536), -1e30, F32)
+    x[0, 7], x[0, 50000] = 1e30, 1e30
+    got = _grad(lambda z: jaxloss.softmax_cross_entropy_with_integer_labels(
+        z, np.array([50000])), x)
+    want = np.zeros_like(x)
+    want[0, 7], want[0, 50000] = 0.5, -0.5
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3])
+def test_linear_loss_at_tied_huge_logits(chunk_size):
+    """hidden [[1]] and weight = the logits: d weight is p - onehot itself."""
+    hidden = np.ones((1, 1), F32)
+    got = jax.jit(jax.grad(lambda h, w: jnp.sum(jaxloss.linear_softmax_cross_entropy(
+        h, w, np.array([2]), chunk_size=chunk_size)), argnums=(0, 1)))(hidden, TIES)
+    np.testing.assert_array_equal(got[1], TIES_GRAD)
+    np.testing.assert_array_equal(got[0], [[0.0]])
+
+
+def test_info_nce_at_tied_huge_scores():
+    """Scores [[1e30, 1e30], [., .]]: row 0's softmax is 1/2, 1/2."""
+    q = np.array([[1e15, 0.0], [0.0, 1.0]], F32)
+    k = np.array([[1e15, 0.0], [1e15, 0.0]], F32)
+    got = _grad(lambda a: jaxloss.info_nce(a, k, temperature=1.0), q)
+    # d loss_0 / d q_0 = sum_j (p_0j - [j = 0]) k_j = 0.5 k_0 + 0.5 k_1 - k_0 = 0.
+    # d loss_1 / d q_1 = sum_j p_1j k_j - k_1 with s_1j = 0 both: 0.5 (k_0 + k_1) - k_1 = 0.
+    np.testing.assert_array_equal(got, np.zeros_like(q))
+
+
+# ---------------------------------------------------------------------------------
+# Recomputation that is not bit-identical: the backward pass sees inputs one ulp away.
+
+
+def _ulp_up(x: np.ndarray) -> np.ndarray:
+    return np.nextafter(x, np.full_like(x, np.inf))
+
+
+def _huge_linear_case(seed: int):
+    rng = np.random.default_rng(seed)
+    hidden = (rng.normal(size=(4, 4)) * 1e15).astype(F32)
+    weight = (rng.normal(size=(4, 10)) * 1e15).astype(F32)
+    labels = rng.integers(0, 10, size=4).astype(np.int32)
+    return hidden, weight, labels
+
+
+def _reference_linear_grads(hidden, weight, labels):
+    """float64 gradients of sum_n lse(x_n) - x_{n, y_n}, with x = h w."""
+    with jax.enable_x64(True):
+        def f(h, w):
+            x = h @ w
+            return jnp.sum(jax.nn.logsumexp(x, axis=1) - x[jnp.arange(len(labels)), labels])
+
+        g = jax.grad(f, argnums=(0, 1))(jnp.asarray(hidden, jnp.float64),
+                                        jnp.asarray(weight, jnp.float64))
+        return tuple(np.asarray(a) for a in g)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 4, 7, 10])
+def test_linear_backward_survives_a_recomputation_one_ulp_off(chunk_size):
+    """The forward pass on (hidden, weight); the backward pass recomputes the logits from
+    a hidden moved one ulp up: every logit of the recomputation is ~1e24 off, the
+    probabilities must still lie in [0, 1] and the gradient stay the exact one."""
+    for seed in range(4):
+        hidden, weight, labels = _huge_linear_case(seed)
+        args = (hidden, weight, None, labels, 10, chunk_size, 0.0, None, None)
+        _, residuals = large_vocab._linear_ce_fwd(*args)
+        perturbed = (_ulp_up(hidden),) + tuple(residuals[1:])
+        g = jnp.ones(4, F32)
+        d_hidden, d_weight, _, _ = large_vocab._linear_ce_bwd(10, chunk_size, 0.0, None, None,
+                                                              perturbed, g)
+        want_h, want_w = _reference_linear_grads(hidden, weight, labels)
+        # p - onehot per entry lies in [-1, 1]: d weight = h^T (p - y) is bounded by
+        # sum_n |h_n|, and equals the exact gradient up to the moved ties.
+        bound = np.sum(np.abs(hidden), axis=0)[:, None] * 1.0001
+        assert np.all(np.isfinite(d_weight)), seed
+        assert np.all(np.abs(d_weight) <= bound), seed
+        np.testing.assert_allclose(d_weight, want_w, rtol=1e-4, atol=1e-4 * bound.max())
+        np.testing.assert_allclose(d_hidden, want_h, rtol=1e-4,
+                                   atol=1e-4 * np.abs(want_h).max())
+
+
+def test_info_nce_backward_survives_a_recomputation_one_ulp_off():
+    rng = np.random.default_rng(1)
+    q = (rng.normal(size=(6, 4)) * 1e15).astype(F32)
+    k = (rng.normal(size=(6, 4)) * 1e15).astype(F32)
+    t = jnp.asarray(1.0, F32)
+    for chunk, symmetric in ((None, False), (4, True), (None, True), (2, False)):
+        _, residuals = contrastive._info_nce_fwd(q, k, k, t, symmetric, chunk, None, None)
+        perturbed = (_ulp_up(q),) + tuple(residuals[1:])
+        d_q, d_k, d_k_all, _ = contrastive._info_nce_bwd(symmetric, chunk, None, None,
+                                                         perturbed, jnp.ones(6, F32))
+        for d in (d_q, d_k, d_k_all):
+            assert np.all(np.isfinite(d)), (chunk, symmetric)
+        # |d q_i| <= |G_i.| |k| <= 2 max|k| per row (softmax minus a one-hot).
+        assert np.all(np.abs(d_q) <= 2.0001 * np.abs(k).max()), (chunk, symmetric)
+
+
+def test_integer_backward_survives_a_perturbed_normalizer():
+    """The classification backward pass given a log-sum residual one ulp too small (or
+    negative), as a normalizer from another pass would be: still probabilities <= 1."""
+    from jaxloss import classification
+
+    x = np.array([[1e31, 3e30, -1e31], [0.0, 1.0, 2.0]], F32)
+    labels = np.array([0, 2])
+    _, residuals = classification._integer_ce_fwd(x, labels, None, None, None, True)
+    *rest, shift, log_sum = residuals
+    perturbed = (*rest, shift, np.nextafter(np.asarray(log_sum), -np.inf))
+    d, *_ = classification._integer_ce_bwd(True, tuple(perturbed), jnp.ones(2, F32))
+    assert np.all(np.isfinite(d))
+    np.testing.assert_allclose(np.sum(d, axis=1), 0.0, atol=1e-6)
+    assert np.all(d <= 1.0) and np.all(d >= -1.0)
+
+
+# ---------------------------------------------------------------------------------
+# reduction="mean" is finite wherever the mean is, though the sum may overflow.
+
+
+def test_mean_of_huge_losses_does_not_overflow():
+    losses = np.full((16,), 3e37, F32)  # the sum, 4.8e38, overflows float32
+    np.testing.assert_allclose(jaxloss.reduce(losses, "mean"), 3e37, rtol=1e-6)
+    grad = jax.grad(lambda x: jaxloss.reduce(x, "mean"))(losses)
+    np.testing.assert_allclose(grad, np.full(16, 1 / 16), rtol=1e-6)
+    weights = np.linspace(1.0, 2.0, 16).astype(F32)
+    want = np.sum(weights.astype(np.float64) * 3e37) / np.sum(weights)
+    np.testing.assert_allclose(jaxloss.reduce(losses, "mean", weights=weights), want,
+                               rtol=1e-6)
+    assert np.isinf(jaxloss.reduce(losses, "sum"))  # the exact sum does not fit
+    # Ordinary values: those of jnp.mean.
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype(F32)
+    np.testing.assert_allclose(jaxloss.reduce(x, "mean"), jnp.mean(x), rtol=2e-7)
+    np.testing.assert_allclose(jaxloss.reduce(x, "mean", axis=1), jnp.mean(x, axis=1),
+                               rtol=2e-7)
+
+
+def test_info_nce_mean_at_huge_scale():
+    """3e18-scale embeddings: each row's loss is up to about 1e38, their sum overflows
+    float32 and their mean fits."""
+    rng = np.random.default_rng(3)
+    q = (rng.normal(size=(32, 4)) * 3e18).astype(F32)
+    k = (rng.normal(size=(32, 4)) * 3e18).astype(F32)
+    rows = jaxloss.info_nce(q, k, temperature=1.0, precision="highest")
+    assert np.all(np.isfinite(rows)) and np.sum(np.asarray(rows, np.float64)) > 3.5e38
+    with jax.enable_x64(True):
+        s = np.asarray(q, np.float64) @ np.asarray(k, np.float64).T
+        m = s.max(axis=1)
+        want = np.mean(m + np.log(np.sum(np.exp(s - m[:, None]), axis=1)) - np.diag(s))
+    for chunk in (None, 8):
+        got = jaxloss.info_nce(q, k, temperature=1.0, reduction="mean", chunk_size=chunk,
+                               precision="highest")
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_precision_is_validated_and_names_the_argument():
+    q = np.ones((2, 3), F32)
+    for bad in ("highst", 3, ["high", "high"], ("high", "bogus")):
+        with pytest.raises(ValueError, match="precision"):
+            jaxloss.info_nce(q, q, precision=bad)
+        with pytest.raises(ValueError, match="precision"):
+            jaxloss.linear_softmax_cross_entropy(q, q.T, np.array([0, 1]), precision=bad)
+    for good in (None, "default", "high", "highest", "float32", jax.lax.Precision.HIGHEST,
+                 ("highest", "default")):
+        assert np.isfinite(jaxloss.info_nce(q, q, precision=good)).all()
+
+
+def test_vocab_parallel_backward_survives_a_recomputation_one_ulp_off():
+    """The same perturbation on the vocabulary-parallel path: each of 2 devices
+    recomputes its own columns against the global normalizer."""
+    from jax.sharding import PartitionSpec as P
+
+    from jaxloss.distributed import varying
+
+    devices = jax.devices("cpu")[:2]
+    mesh = jax.make_mesh((2,), ("model",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    hidden, weight, labels = _huge_linear_case(2)
+
+    @jax.jit
+    @jax.shard_map(mesh=mesh, in_specs=(P(), P(), P(None, "model"), P()),
+                   out_specs=(P(), P(None, "model")))
+    def grads(h, h_moved, w, y):
+        h, h_moved, w = (varying(a, "model") for a in (h, h_moved, w))
+        args = (h, w, None, y, 5, 3, 0.0, "model", None)
+        _, residuals = large_vocab._linear_ce_fwd(*args)
+        d_h, d_w, _, _ = large_vocab._linear_ce_bwd(5, 3, 0.0, "model", None,
+                                                    (h_moved,) + tuple(residuals[1:]),
+                                                    jnp.ones(4, F32))
+        return jax.lax.psum(d_h, "model"), d_w
+
+    d_hidden, d_weight = grads(hidden, _ulp_up(hidden), weight, labels)
+    want_h, want_w = _reference_linear_grads(hidden, weight, labels)
+    bound = np.sum(np.abs(hidden), axis=0)[:, None] * 1.0001
+    assert np.all(np.isfinite(d_weight)) and np.all(np.abs(d_weight) <= bound)
+    np.testing.assert_allclose(d_weight, want_w, rtol=1e-4, atol=1e-4 * bound.max())
+    np.testing.assert_allclose(d_hidden, want_h, rtol=1e-4, atol=1e-4 * np.abs(want_h).max())
