@@ -525,12 +525,12 @@ def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precisi
             col = _softmax.finish(col_max, col_sum)
         elif symmetric:
             col = _softmax.finish(*_softmax.combine(col_max, col_sum, axis_name))
-    loss = _softmax.neg_log_probabilities(diagonal, row_m, row_log_s)
+    loss = _softmax.neg_log_probabilities(diagonal, row_m, row_log_s, recomputed=True)
     if symmetric:
         own = col if axis_name is None else tuple(
             jax.lax.dynamic_slice_in_dim(a, dist.axis_index(axis_name) * batch, batch)
             for a in col)
-        loss = 0.5 * (loss + _softmax.neg_log_probabilities(diagonal, *own))
+        loss = 0.5 * (loss + _softmax.neg_log_probabilities(diagonal, *own, recomputed=True))
     return loss, (q, k, k_all, temperature, (row_m, row_log_s), col)
 
 
@@ -545,7 +545,6 @@ def _info_nce_bwd(symmetric, chunk, axis_name, precision, residuals, g):
     :math:`\partial/\partial\tau = -\sum_{ij} G_{ij} s_{ij}/\tau`."""
     q, k, k_all, temperature, (row_m, row_log_s), col = residuals
     dtype = temperature.dtype
-    tolerance = _softmax.recompute_tolerance(dtype)
     batch = q.shape[0]
     g_row = 0.5 * g if symmetric else g
     g_own = 0.5 * g if symmetric else jnp.zeros_like(g)
@@ -556,11 +555,11 @@ def _info_nce_bwd(symmetric, chunk, axis_name, precision, residuals, g):
     def block(s, g_rows, m_rows, log_s_rows):
         """G for a block of rows (without the diagonal term)."""
         p = _softmax.probabilities(s, m_rows[:, None], log_s_rows[:, None],
-                                   tolerance=tolerance)
+                                   recomputed=True)
         grad = _times(g_rows[:, None], p)
         if symmetric:
             p = _softmax.probabilities(s, col[0][None, :], col[1][None, :],
-                                       tolerance=tolerance)
+                                       recomputed=True)
             grad = grad + _times(g_col[None, :], p)
         return grad
 

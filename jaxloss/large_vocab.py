@@ -387,7 +387,6 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
     if axis_name is not None:
         g = _total_cotangent(g, weight, axis_name)
     dtype = log_s.dtype
-    tolerance = _softmax.recompute_tolerance(dtype)
     operand = jnp.promote_types(hidden.dtype, weight.dtype)
     local, _, in_range = _shard_labels(labels, vocab, axis_name)
     # A row with an out-of-range label has a NaN loss, and a NaN gradient where its
@@ -405,7 +404,7 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
         d_hidden, d_weight, d_bias = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
         x, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
-        p = _softmax.probabilities(x, m[:, None], log_s[:, None], tolerance=tolerance)
+        p = _softmax.probabilities(x, m[:, None], log_s[:, None], recomputed=True)
         columns = begin + jnp.arange(chunk, dtype=begin.dtype)
         onehot = _select(fresh, local[:, None] == columns, False).astype(dtype)
         if smoothing:
