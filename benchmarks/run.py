@@ -11,6 +11,12 @@ For every jaxloss loss with an optax namesake, and for the cross-entropies at th
   ``jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes``, which is
   exact and repeatable, unlike timings.
 
+Before a row is timed, the libraries must agree on its inputs: the warm-up call's
+losses (forward) and value and gradients (``value_and_grad``) of optax and PyTorch are
+compared with jaxloss's, and a row whose largest difference exceeds ``TOLERANCES``
+(relative to the largest magnitude: 1e-4 in float32, 2e-2 in bfloat16) is not timed
+but reported as a mismatch, and the run exits with status 1.
+
 When jaxloss has ``linear_softmax_cross_entropy``, a last row compares it with optax's
 integer-label cross-entropy of the materialized logits ``hidden @ weight``.
 
@@ -23,7 +29,7 @@ Ratios are the numbers to read: absolute times depend on the machine and its loa
 
 Usage::
 
-    python benchmarks/run.py            # the full run (about 10 minutes on 2 CPU cores)
+    python benchmarks/run.py            # the full run (about 5 minutes on 2 CPU cores)
     python benchmarks/run.py --quick    # every row, fewer samples: under 2 minutes
     python benchmarks/run.py --filter softmax --out my-results
 
@@ -62,6 +68,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LIBRARIES = ("jaxloss", "optax", "torch")
 MODES = ("forward", "value_and_grad")
 DASH = "—"
+# The largest difference allowed between two libraries' losses, values or gradients,
+# relative to the largest magnitude of the two: float32 results differ in the order
+# of their sums; bfloat16 ones also where a library rounds to bfloat16 inside.
+TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,15 +374,82 @@ def _torch_calls(case: Case, torch: ModuleType, device: str) -> dict[str, Callab
     return {"forward": forward, "value_and_grad": value_and_grad}
 
 
-def measure(calls: Mapping[str, Callable[[], Any]], timing: Timing) -> dict[str, float]:
-    """Median seconds per call of each thunk, sampled in turn (interleaved)."""
+class MismatchError(Exception):
+    """Two libraries' losses, values or gradients for one row differ beyond tolerance."""
+
+
+def _as_arrays(output: Any) -> list[np.ndarray]:
+    """A call's result (the losses, or the value and the gradients) as a flat list of
+    float32 NumPy arrays; JAX arrays and PyTorch tensors alike."""
+    if isinstance(output, (tuple, list)):
+        return [array for item in output for array in _as_arrays(item)]
+    if hasattr(output, "detach"):  # a PyTorch tensor
+        output = output.detach().float().cpu().numpy()
+    return [np.asarray(output).astype(np.float32)]
+
+
+def _parts(mode: str, argnums: Sequence[int]) -> list[str]:
+    if mode == "forward":
+        return ["the losses"]
+    return ["the value", *(f"the gradient w.r.t. argument {i}" for i in argnums)]
+
+
+def compare(outputs: Mapping[str, Any], *, row: str, mode: str, dtype: str,
+            argnums: Sequence[int] = (0,)) -> list[str]:
+    """What differs between each library's result and jaxloss's; empty when they agree.
+
+    ``outputs`` maps a library to its result for one mode (the forward's losses, or
+    ``(value, gradients)``). Two arrays agree when their largest absolute difference is
+    at most ``TOLERANCES[dtype]`` times the largest magnitude of either; a shape that
+    differs or a value that is not finite is a mismatch too.
+    """
+    rtol = TOLERANCES[dtype]
+    parts = _parts(mode, argnums)
+    reference = _as_arrays(outputs["jaxloss"])
+    problems = []
+    for library, output in outputs.items():
+        if library == "jaxloss":
+            continue
+        theirs = _as_arrays(output)
+        where = f"{row}, {mode}: {library} against jaxloss"
+        if len(theirs) != len(reference) or len(reference) != len(parts):
+            problems.append(f"{where}: {len(theirs)} against {len(reference)} arrays "
+                            f"(expected {', '.join(parts)})")
+            continue
+        for part, a, b in zip(parts, reference, theirs, strict=True):
+            if a.shape != b.shape:
+                problems.append(f"{where}, {part}: shape {b.shape} against {a.shape}")
+            elif not (np.isfinite(a).all() and np.isfinite(b).all()):
+                problems.append(f"{where}, {part}: not finite "
+                                f"({np.sum(~np.isfinite(b))} against {np.sum(~np.isfinite(a))})")
+            else:
+                scale = max(float(np.max(np.abs(a), initial=0)),
+                            float(np.max(np.abs(b), initial=0)))
+                error = float(np.max(np.abs(a - b), initial=0))
+                if error > rtol * scale:
+                    problems.append(
+                        f"{where}, {part}: max |difference| {error:.3g} > {rtol:g} "
+                        f"({dtype}) x max |value| {scale:.3g}")
+    return problems
+
+
+def measure(calls: Mapping[str, Callable[[], Any]], timing: Timing,
+            check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
+    """Median seconds per call of each thunk, sampled in turn (interleaved).
+
+    ``check``, when given, receives the warm-up calls' results, before any sample is
+    timed (it raises to stop the measurement)."""
     names = list(calls)
     inner: dict[str, int] = {}
+    results: dict[str, Any] = {}
     for name in names:  # warm-up, whose time sizes the samples
         start = time.perf_counter()
-        calls[name]()
+        results[name] = calls[name]()
         elapsed = time.perf_counter() - start
         inner[name] = max(1, math.ceil(timing.min_sample_s / max(elapsed, 1e-7)))
+    if check is not None:
+        check(results)
+    del results
     samples: dict[str, list[float]] = {name: [] for name in names}
     began = time.perf_counter()
     for round_ in range(timing.samples):
@@ -391,7 +468,12 @@ def measure(calls: Mapping[str, Callable[[], Any]], timing: Timing) -> dict[str,
 def run_case(
     case: Case, timing: Timing, torch: ModuleType | None, torch_device: str | None
 ) -> dict[str, Any]:
-    """Times and memory of one row, as a JSON-ready dict."""
+    """Times and memory of one row, as a JSON-ready dict.
+
+    Raises:
+      MismatchError: optax or PyTorch disagrees with jaxloss on the row's inputs (the
+        row is then not timed).
+    """
     row: dict[str, Any] = {"loss": case.loss, "shape": case.shape, "dtype": case.dtype,
                            "note": case.note}
     functions = {"jaxloss": case.jaxloss, "optax": case.optax}
@@ -409,7 +491,15 @@ def run_case(
             calls["torch"] = torch_calls[mode]
         if mode == "value_and_grad" and case.floor is not None:
             calls["floor"] = _compile(case.floor, case.args)[0]
-        seconds = measure(calls, timing)
+
+        def check(results: dict[str, Any], mode: str = mode) -> None:
+            problems = compare({k: v for k, v in results.items() if k in LIBRARIES},
+                               row=f"{case.loss} {case.shape} {case.dtype}", mode=mode,
+                               dtype=case.dtype, argnums=case.argnums)
+            if problems:
+                raise MismatchError("\n".join(problems))
+
+        seconds = measure(calls, timing, check)
         row[mode] = {
             **{f"{library}_s": seconds.get(library) for library in LIBRARIES},
             "floor_s": seconds.get("floor"),
@@ -479,8 +569,9 @@ def _mib(size: int | None) -> str:
     return DASH if size is None else f"{size / 2**20:.3g}"
 
 
-def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
-    """The results as a Markdown report."""
+def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+             mismatches: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The results as a Markdown report; ``mismatches`` are the rows not timed."""
     torch = f"{env['torch']} ({env['torch_device']})" if env["torch"] else "not installed"
     lines = [
         f"# jaxloss vs optax: {env['backend']} ({env['device']})",
@@ -496,7 +587,10 @@ def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
         "jaxloss / optax (below 1: jaxloss is faster); **temp** is XLA's temporary "
         "memory for the compiled function in MiB, jaxloss / optax. **v&g floor** is the "
         "time of writing a fresh array the size of the gradient (`-logits`), the least "
-        "any value_and_grad must do.",
+        "any value_and_grad must do. Every row was checked before it was timed: optax's "
+        "and PyTorch's losses, values and gradients agree with jaxloss's to "
+        + ", ".join(f"{rtol:g} ({dtype})" for dtype, rtol in TOLERANCES.items())
+        + " of the largest magnitude.",
         "",
         "| loss | shape | dtype | fwd jaxloss | fwd optax | fwd torch | fwd ratio "
         "| v&g jaxloss | v&g optax | v&g torch | v&g ratio | v&g floor | fwd temp "
@@ -519,6 +613,12 @@ def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     notes = [f"- `{row['loss']}` {row['shape']}: {row['note']}." for row in rows if row["note"]]
     if notes:
         lines += ["", *dict.fromkeys(notes)]
+    if mismatches:
+        lines += ["", "## Mismatches (not timed)", "",
+                  "These rows' libraries disagree on the same inputs, so their times would "
+                  "compare different computations:", ""]
+        lines += [f"- `{m['loss']}` {m['shape']} {m['dtype']}: "
+                  + "; ".join(m["mismatch"].splitlines()) for m in mismatches]
     return "\n".join(lines) + "\n"
 
 
@@ -562,14 +662,18 @@ def plot(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], path: Path) 
 
 
 def write_results(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                  out: Path) -> list[Path]:
+                  out: Path, mismatches: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
     """Writes ``<backend>-<device>.md``, ``.json`` and ``.png`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stem = out / result_stem()
     written = [stem.with_suffix(".md"), stem.with_suffix(".json")]
-    written[0].write_text(markdown(env, rows))
-    written[1].write_text(json.dumps({"environment": env, "rows": list(rows)}, indent=2) + "\n")
-    if plot(env, rows, stem.with_suffix(".png")):
+    written[0].write_text(markdown(env, rows, mismatches))
+    written[1].write_text(json.dumps(
+        {"environment": env, "rows": list(rows), "mismatches": list(mismatches)},
+        indent=2) + "\n")
+    if not rows:
+        print("no row was timed: no plot", file=sys.stderr)
+    elif plot(env, rows, stem.with_suffix(".png")):
         written.append(stem.with_suffix(".png"))
     else:
         print("matplotlib is not installed: no plot", file=sys.stderr)
@@ -615,11 +719,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def iter_rows(specs: Sequence[CaseSpec], timing: Timing, torch: ModuleType | None,
               torch_device: str | None) -> Iterator[dict[str, Any]]:
-    """Builds, measures and frees one row at a time."""
+    """Builds, measures and frees one row at a time. A row whose libraries disagree
+    comes back untimed, as ``{"loss", "shape", "dtype", "note", "mismatch"}``."""
     for spec in specs:
         case = spec.build()
-        yield run_case(case, timing, torch, torch_device)
+        try:
+            row = run_case(case, timing, torch, torch_device)
+        except MismatchError as error:
+            row = {"loss": case.loss, "shape": case.shape, "dtype": case.dtype,
+                   "note": case.note, "mismatch": str(error)}
         del case
+        yield row
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -636,16 +746,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     env = environment(mode, sizes, torch, torch_device)
     started = time.perf_counter()
-    rows = []
+    rows, mismatches = [], []
     for row in iter_rows(specs, timing, torch, torch_device):
+        label = f"{row['loss']:<42} {row['shape']:<22} {row['dtype']:<9}"
+        if "mismatch" in row:
+            mismatches.append(row)
+            print(f"{label} MISMATCH, not timed:\n  " + row["mismatch"].replace("\n", "\n  "),
+                  file=sys.stderr, flush=True)
+            continue
         rows.append(row)
-        print(f"{row['loss']:<42} {row['shape']:<22} {row['dtype']:<9} "
+        print(f"{label} "
               f"fwd {row['forward']['ratio']:5.2f}  v&g {row['value_and_grad']['ratio']:5.2f}"
               f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     env["seconds"] = round(time.perf_counter() - started, 1)
-    written = write_results(env, rows, args.out)
-    print(markdown(env, rows))
+    written = write_results(env, rows, args.out, mismatches)
+    print(markdown(env, rows, mismatches))
     print("wrote " + ", ".join(str(path) for path in written), file=sys.stderr)
+    if mismatches:
+        print(f"{len(mismatches)} row(s) where the libraries disagree: not timed",
+              file=sys.stderr)
+        return 1
     return 0
 
 

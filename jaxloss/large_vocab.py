@@ -506,10 +506,10 @@ def linear_softmax_cross_entropy(
     1/20 of the temporary memory of the materialized
     ``optax.softmax_cross_entropy_with_integer_labels(hidden @ weight, labels)``
     (``memory_analysis().temp_size_in_bytes``: 52 MiB against 1024 MiB) and, on a
-    2-core CPU, about 1.15 times its time (the extra matmul, partly paid back by never
-    writing ``[N, V]`` arrays). Memory is dominated by the chunk's two ``[N, chunk]``
-    float32 blocks (logits and their gradient): 1024 needs 34 MiB, 4096 needs 88 MiB,
-    in about the same time.
+    2-core CPU, 1.21 times its time (1.12 in an earlier run; the extra matmul, partly
+    paid back by never writing ``[N, V]`` arrays). Memory is dominated by the chunk's
+    two ``[N, chunk]`` float32 blocks (logits and their gradient): 1024 needs 34 MiB,
+    4096 needs 88 MiB, in about the same time.
 
     Values and gradients are those of
     :func:`jaxloss.softmax_cross_entropy_with_integer_labels` applied to the
