@@ -283,3 +283,22 @@ def test_linear_loss_exact_when_compiled_for_another_x86_cpu():
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[0] == "0", out.stdout
+
+
+# ---------------------------------------------------------------------------------
+# Per-backend forms: long rows are reduced in blocks on the CPU only.
+
+
+def test_long_rows_are_blocked_on_the_cpu_only():
+    """The block reshape is a CPU measurement (6x faster there) and a loss on a GPU: each
+    platform's lowering holds its own form. Exported without a GPU."""
+    x = jax.ShapeDtypeStruct((4, 65536), jnp.float32)
+    labels = jax.ShapeDtypeStruct((4,), jnp.int32)
+    f = jax.jit(jaxloss.softmax_cross_entropy_with_integer_labels)
+
+    def module(platform: str) -> str:
+        return jax.export.export(f, platforms=[platform])(x, labels).mlir_module()
+
+    assert "4x16x4096xf32" in module("cpu")
+    assert "4x16x4096xf32" not in module("cuda")
+    assert "4x65536xf32" in module("cuda")
