@@ -1,8 +1,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# make test-gpu: see the target below.
+GPU_PYTHON ?=
+JAX_CUDA ?= cuda13
+GPU_TEST_WORKERS ?= 4
 
-.PHONY: test demo check lint clean
+.PHONY: test test-gpu demo check lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +20,38 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
+
+# make test-gpu: ruff, then the whole suite on JAX's default backend, the accelerator:
+# JAX_PLATFORMS unset and JAXLOSS_TEST_BACKEND=default (see tests/conftest.py: the
+# multi-device tests still run on 4 host CPU devices, and the tests of the CPU's
+# memory/time ratios skip). It stops, before pytest, if JAX finds no accelerator.
+# - In the venv (default): first installs JAX's own CUDA wheels, "jax[$(JAX_CUDA)]" at
+#   the installed jax version, unless they are there (this needs the package index).
+# - Offline, on a host whose Python already has CUDA JAX and the test dependencies:
+#   make test-gpu GPU_PYTHON=python3
+#   uses that Python and no venv (ruff only if that Python has it).
+# GPU_TEST_WORKERS (4) pytest-xdist workers share the GPU: its memory is not preallocated.
+TEST_GPU_PYTHON = $(if $(GPU_PYTHON),$(GPU_PYTHON),$(BIN)/python)
+TEST_GPU_ENV = JAXLOSS_TEST_BACKEND=default \
+	XLA_PYTHON_CLIENT_PREALLOCATE=$${XLA_PYTHON_CLIENT_PREALLOCATE:-false} \
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"
+
+$(VENV)/.cuda-installed: $(VENV)/.dev-installed
+	@version=$$($(BIN)/python -c "import jax; print(jax.__version__)"); \
+	plugin=jax-$(JAX_CUDA)-plugin; \
+	if [ "$$($(BIN)/python -c "import importlib.metadata as m; print(m.version('$$plugin'))" \
+	        2>/dev/null)" = "$$version" ]; then echo "$$plugin $$version is installed"; \
+	else $(BIN)/python -m pip install --quiet "jax[$(JAX_CUDA)]==$$version"; fi
+	touch $@
+
+test-gpu: $(if $(GPU_PYTHON),,$(VENV)/.cuda-installed)
+	@if $(TEST_GPU_PYTHON) -m ruff --version >/dev/null 2>&1; then \
+	  echo "$(TEST_GPU_PYTHON) -m ruff check ."; $(TEST_GPU_PYTHON) -m ruff check .; \
+	else echo "test-gpu: $(TEST_GPU_PYTHON) has no ruff; lint skipped (make lint)"; fi
+	@unset JAX_PLATFORMS; $(TEST_GPU_ENV) $(TEST_GPU_PYTHON) -c "import jax, sys; \
+	  print('test-gpu: jax', jax.__version__, 'on', jax.default_backend(), jax.devices()); \
+	  sys.exit('test-gpu: JAX found no accelerator' if jax.default_backend() == 'cpu' else 0)"
+	unset JAX_PLATFORMS; $(TEST_GPU_ENV) $(TEST_GPU_PYTHON) -m pytest -n $(GPU_TEST_WORKERS) -q
 
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"

@@ -362,27 +362,73 @@ def test_bf16_logits_of_1e4_accumulate_in_float32():
     chex.assert_trees_all_close(sce(x, jax.nn.one_hot(labels, 4)), loss)
 
 
-def test_neg_inf_masked_classes():
-    x = jnp.array([[2.0, -jnp.inf, 0.5, -jnp.inf], [-jnp.inf, 1.0, 3.0, 0.0]])
-    labels = jnp.array([0, 2])
-    onehot = jax.nn.one_hot(labels, 4)
-    finite_x = jnp.array([[2.0, 0.5], [1.0, 3.0]])
-    # Exactly the loss over the classes that exist (optax gives NaN for sce here).
-    chex.assert_trees_all_close(sce(x, onehot)[0], ice(finite_x, jnp.array([0, 1]))[0])
-    chex.assert_trees_all_close(ice(x, labels)[0], ice(finite_x, jnp.array([0, 1]))[0])
-    assert jnp.isnan(optax.losses.softmax_cross_entropy(x, onehot)[0])
-    for smoothing in (0.0, 0.3):
-        for loss, target in ((ice, labels), (sce, onehot)):
-            f = lambda x, loss=loss, t=target, e=smoothing: loss(  # noqa: E731
-                x, t, label_smoothing=e).sum()
-            chex.assert_tree_all_finite(f(x))
-            g = jax.grad(f)(x)
-            chex.assert_tree_all_finite(g)
-            np.testing.assert_array_equal(np.asarray(g)[np.isneginf(x)], 0.0)
-    # No smoothing mass on masked classes: row 0 smooths over its 2 live classes.
-    smoothed = ice(x[:1], labels[:1], label_smoothing=0.3)
-    want = ref_softmax_ce(finite_x[:1], jnp.array([[1.0, 0.0]]), label_smoothing=0.3)
-    chex.assert_trees_all_close(smoothed, want, rtol=1e-6)
+def ref_masked_softmax_ce(x, y, label_smoothing=0.0):
+    """-sum_c q_c log softmax(x)_c over the classes that exist in the row (finite logit),
+    with q = (1 - e) y + e / (their number): a class whose logit is -inf takes no
+    probability and no smoothing mass. The log-softmax subtracts the row's max."""
+    exists = x > -jnp.inf
+    m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    safe = jnp.where(exists, x, m)  # no -inf (and no 0 * inf) in the arithmetic
+    e = jnp.where(exists, jnp.exp(safe - m), 0.0)
+    log_p = safe - m - jnp.log(jnp.sum(e, axis=-1, keepdims=True))
+    q = (1 - label_smoothing) * y + label_smoothing * exists / jnp.sum(
+        exists, axis=-1, keepdims=True)
+    return -jnp.sum(jnp.where(exists, q * log_p, 0.0), axis=-1)
+
+
+NEG_INF_LOGITS = np.array([
+    [2.0, -np.inf, 0.5, -np.inf, 1.0],  # two classes masked
+    [-np.inf, 1.0, 3.0, 0.0, -np.inf],  # two others
+    [-np.inf, -np.inf, 0.7, -np.inf, -np.inf],  # the label's class is the only one left
+    [1e30, -np.inf, -1e30, 3e29, 5.0],  # huge logits: the label's ~7e29 below the max
+    [0.3, -1.2, -np.inf, 2.2, 0.1],  # one masked
+    [-np.inf, -np.inf, -np.inf, 4.0, -3.0],  # the label 7 below the one other class
+])
+NEG_INF_LABELS = np.array([0, 2, 2, 3, 4, 4], np.int32)
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float32, 1e-6, 1e-7),
+                                               (np.float64, 1e-12, 1e-15)])
+def test_neg_inf_masked_classes(dtype, rtol, atol):
+    """-inf logits mask classes, differently in each row: values and gradients of the
+    integer and the one-hot/soft softmax cross-entropy, with and without smoothing,
+    equal the float64 loss over the classes that exist; masked logits get gradient 0."""
+    x = NEG_INF_LOGITS
+    exists = np.isfinite(x)
+    onehot = np.eye(5)[NEG_INF_LABELS]
+    soft = np.where(exists, np.random.default_rng(1).uniform(0.1, 1.0, x.shape), 0.0)
+    soft /= soft.sum(-1, keepdims=True)
+    with jax.enable_x64(dtype == np.float64):
+        logits = jnp.asarray(x, dtype)
+        cases = {
+            "ice": (lambda x, e: ice(x, NEG_INF_LABELS, label_smoothing=e), onehot),
+            "sce": (lambda x, e: sce(x, jnp.asarray(onehot, dtype), label_smoothing=e),
+                    onehot),
+            "sce_soft": (lambda x, e: sce(x, jnp.asarray(soft, dtype), label_smoothing=e),
+                         soft),
+        }
+        for name, (loss, target) in cases.items():
+            for smoothing in (0.0, 0.3):
+                # Rows are independent: the gradient of the sum holds each row's own.
+                value = loss(logits, smoothing)
+                grad = jax.grad(lambda x, loss=loss, e=smoothing: loss(x, e).sum())(logits)
+                with jax.enable_x64(True):
+                    x64, y64 = jnp.asarray(x), jnp.asarray(target)
+                    want = np.asarray(ref_masked_softmax_ce(x64, y64, smoothing))
+                    want_grad = np.asarray(jax.grad(
+                        lambda x, e=smoothing, y=y64: ref_masked_softmax_ce(x, y, e).sum())(x64))
+                message = f"{name}, smoothing {smoothing}"
+                chex.assert_tree_all_finite((value, grad))
+                chex.assert_trees_all_close(value, want.astype(dtype), rtol=rtol, atol=atol,
+                                            custom_message=message)
+                chex.assert_trees_all_close(grad, want_grad.astype(dtype), rtol=rtol,
+                                            atol=atol, custom_message=message)
+                np.testing.assert_array_equal(np.asarray(grad)[~exists], 0.0)
+                # The only class left is certain: loss 0, gradient 0.
+                np.testing.assert_array_equal(value[2], 0.0)
+                np.testing.assert_array_equal(grad[2], 0.0)
+    # optax gives NaN for sce there.
+    assert jnp.isnan(optax.losses.softmax_cross_entropy(x[:1], onehot[:1])[0])
 
 
 def test_sigmoid_infinite_logits_limits():
@@ -526,27 +572,31 @@ def test_forward_mode_is_not_supported_through_custom_vjp():
 
 
 class VariantsTest(chex.TestCase):
-    """chex's variants, with_pmap included (it replicates the arguments to every device
-    and returns the first device's output)."""
+    """chex's variants, with_pmap included: it replicates the arguments to the 4 CPU
+    devices of conftest.py and returns the first device's output, compared with the
+    loss on the CPU (the other variants run on the default backend)."""
 
     @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
     def test_value_and_grad(self):
         def f(x, t):
             return ice(x, t, class_weights=WEIGHTS, label_smoothing=0.1, reduction="mean")
 
-        value, grad = self.variant(jax.value_and_grad(f))(LOGITS, LABELS)
-        want_value, want_grad = jax.value_and_grad(f)(LOGITS, LABELS)
+        cpu = jax.devices("cpu")
+        pmap = self.variant.type is chex.ChexVariantType.WITH_PMAP
+        with jax.default_device(cpu[0] if pmap else None):
+            value, grad = self.variant(jax.value_and_grad(f), devices=cpu)(LOGITS, LABELS)
+            want_value, want_grad = jax.value_and_grad(f)(LOGITS, LABELS)
         chex.assert_trees_all_close(value, want_value, rtol=1e-6)
         chex.assert_trees_all_close(grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_pmap_over_batch_shards():
-    n = jax.device_count()
+def test_pmap_over_batch_shards(on_cpu):
+    n = len(on_cpu)
     assert n == 4
     x = jnp.asarray(LOGITS[: 2 * n].reshape(n, 2, C))
     labels = jnp.asarray(LABELS[: 2 * n].reshape(n, 2))
 
-    @functools.partial(jax.pmap, axis_name="i")
+    @functools.partial(jax.pmap, axis_name="i", devices=on_cpu)
     def step(x, labels):
         loss, grad = jax.value_and_grad(lambda x: ice(x, labels, reduction="mean"))(x)
         return jax.lax.pmean(loss, "i"), grad
@@ -559,11 +609,12 @@ def test_pmap_over_batch_shards():
 
 
 @pytest.fixture(scope="module")
-def mesh():
-    return jax.make_mesh((4,), ("data",))
+def mesh(cpu_devices):
+    """The 4 CPU devices (the tests that use it run on_cpu, their references too)."""
+    return jax.make_mesh((4,), ("data",), devices=cpu_devices)
 
 
-def test_sharded_inputs(mesh):
+def test_sharded_inputs(mesh, on_cpu):
     rows = NamedSharding(mesh, P("data"))
     put = functools.partial(jax.device_put, device=rows)
     cases = [
@@ -625,10 +676,11 @@ def test_long_rows_reduced_in_blocks(x64):
         chex.assert_trees_all_close(dense, ice(logits, labels), rtol=rtol)
 
 
-def test_inside_shard_map():
-    """Rows split over the devices inside jax.shard_map (check_vma on): the summed loss
-    and its gradients, including the replicated weights', equal the one-device ones."""
-    mesh = jaxloss.distributed.data_mesh()  # Auto axes: shard_map places the inputs
+def test_inside_shard_map(on_cpu):
+    """Rows split over the CPU devices inside jax.shard_map (check_vma on): the summed
+    loss and its gradients, including the replicated weights', equal the one-device
+    ones."""
+    mesh = jaxloss.distributed.data_mesh(devices=on_cpu)  # Auto axes: places the inputs
     shard_map = functools.partial(jax.shard_map, mesh=mesh, out_specs=P())
     cases = [
         (lambda x, t, w: ice(x, t, class_weights=w, label_smoothing=0.1), LOGITS, LABELS),
@@ -650,7 +702,7 @@ def test_inside_shard_map():
         chex.assert_trees_all_close(grads, want_grads, rtol=1e-5, atol=1e-6)
 
 
-def test_class_axis_sharded_logits(mesh):
+def test_class_axis_sharded_logits(mesh, on_cpu):
     """Logits split over the classes take the one-hot compare (a gather's output
     sharding is ambiguous there): same values and gradients as the gather."""
     logits = np.tile(LOGITS, (1, 4))[:, :16]  # 16 classes over 4 devices

@@ -1,4 +1,7 @@
-"""Tests of the contrastive and metric-learning losses (design.md, "How a loss is tested")."""
+"""Tests of the contrastive and metric-learning losses (design.md, "How a loss is tested").
+
+The matmul losses (info_nce, ntxent) are compared in float32 at precision="highest",
+with the other side's matmuls at "highest" too (a GPU's default is TF32)."""
 
 import functools
 
@@ -46,6 +49,7 @@ from_distance = jaxloss.contrastive_loss_from_distance
 triplet = jaxloss.triplet_margin_loss
 info_nce = jaxloss.info_nce
 ntxent = jaxloss.ntxent
+HIGHEST = "highest"
 distance = jaxloss.pairwise_distance
 make_pairs = jaxloss.make_pairs
 METRICS = ("euclidean", "squared_euclidean", "cosine")
@@ -290,13 +294,15 @@ class ValueTest(chex.TestCase):
 
         @self.variant
         def f(e):
-            return {name: (ntxent(e, labels), ntxent(e, labels, 0.5))
+            return {name: (ntxent(e, labels, precision=HIGHEST),
+                           ntxent(e, labels, 0.5, precision=HIGHEST))
                     for name, labels in layouts.items()}
 
         got = f(EA)
         for name, labels in layouts.items():
             for value, temperature in zip(got[name], (TAU, 0.5), strict=True):
-                want = optax_ntxent(EA, labels, temperature)
+                with jax.default_matmul_precision(HIGHEST):
+                    want = optax_ntxent(EA, labels, temperature)
                 assert np.isfinite(want), name
                 chex.assert_shape(value, ())
                 chex.assert_trees_all_close(value, want, rtol=1e-5, atol=1e-6,
@@ -531,7 +537,8 @@ def test_triplet_gradient_at_distance_zero():
 def test_info_nce_chunked_equals_unchunked(symmetric, chunk_size):
     def value_and_grads(chunk):
         def f(q, k, t):
-            return info_nce(q, k, temperature=t, symmetric=symmetric, chunk_size=chunk)
+            return info_nce(q, k, temperature=t, symmetric=symmetric, chunk_size=chunk,
+                            precision=HIGHEST)
 
         @jax.jit
         def both(q, k, t):
@@ -568,7 +575,8 @@ def _low_precision_cases(dtype):
         "contrastive": (lambda a, b: contrastive(a, b, SIMILAR, margin=MARGIN), (a, b)),
         "triplet": (lambda a, b: triplet(a, b, EC, swap=True), (a, b)),
         "info_nce_symmetric_chunked": (
-            lambda q, k: info_nce(q, k, temperature=0.5, symmetric=True, chunk_size=3),
+            lambda q, k: info_nce(q, k, temperature=0.5, symmetric=True, chunk_size=3,
+                                  precision=HIGHEST),
             (q, k)),
     }
 
@@ -654,7 +662,7 @@ def test_fp16_range_values_exact():
     chex.assert_trees_all_close(distance(a, b), want_d.astype(np.float32), rtol=1e-6)
     chex.assert_trees_all_close(contrastive(a, b, y.astype(np.float32)),
                                 want_l.astype(np.float32), rtol=1e-6)
-    chex.assert_trees_all_close(ntxent(np.concatenate([a, b]), labels),
+    chex.assert_trees_all_close(ntxent(np.concatenate([a, b]), labels, precision=HIGHEST),
                                 want_n.astype(np.float32), rtol=1e-5)
 
 
@@ -747,8 +755,9 @@ def test_vmap_matches_batch():
     chex.assert_trees_all_close(jax.vmap(distance)(EA, EB), distance(EA, EB), rtol=1e-6)
     # A batch of InfoNCE problems, and per-pair gradients of the contrastive loss.
     qs, ks = np.stack([Q, K]), np.stack([K, Q])
-    chex.assert_trees_all_close(jax.vmap(info_nce)(qs, ks),
-                                jnp.stack([info_nce(Q, K), info_nce(K, Q)]), rtol=1e-6)
+    loss = functools.partial(info_nce, precision=HIGHEST)
+    chex.assert_trees_all_close(jax.vmap(loss)(qs, ks),
+                                jnp.stack([loss(Q, K), loss(K, Q)]), rtol=1e-6)
     grads = jax.vmap(jax.grad(lambda a, b, y: contrastive(a[None], b[None], y[None]).sum()))(
         EA, EB, SIMILAR)
     chex.assert_trees_all_close(grads, jax.grad(
@@ -793,7 +802,9 @@ def test_forward_mode_is_not_supported_through_custom_vjp():
 
 
 class VariantsTest(chex.TestCase):
-    """chex's variants, with_pmap included (arguments replicated to the 4 devices)."""
+    """chex's variants, with_pmap included: the arguments replicated to the 4 CPU
+    devices of conftest.py, compared with the loss on the CPU (the other variants run on
+    the default backend)."""
 
     @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
     def test_value_and_grad(self):
@@ -801,23 +812,27 @@ class VariantsTest(chex.TestCase):
             (lambda a, b: contrastive(a, b, SIMILAR, margin=MARGIN, reduction="mean"),
              EA, EB),
             (lambda a, b: triplet(a, b, EC, swap=True, reduction="mean"), EA, EB),
-            (lambda q, k: info_nce(q, k, symmetric=True, chunk_size=3, reduction="mean"),
-             Q, K),
+            (lambda q, k: info_nce(q, k, symmetric=True, chunk_size=3, reduction="mean",
+                                   precision=HIGHEST), Q, K),
         ]
+        cpu = jax.devices("cpu")
+        pmap = self.variant.type is chex.ChexVariantType.WITH_PMAP
         for f, x, y in cases:
-            value, grad = self.variant(jax.value_and_grad(f, argnums=(0, 1)))(x, y)
-            want_value, want_grad = jax.value_and_grad(f, argnums=(0, 1))(x, y)
+            with jax.default_device(cpu[0] if pmap else None):
+                value, grad = self.variant(jax.value_and_grad(f, argnums=(0, 1)),
+                                           devices=cpu)(x, y)
+                want_value, want_grad = jax.value_and_grad(f, argnums=(0, 1))(x, y)
             chex.assert_trees_all_close(value, want_value, rtol=1e-6)
             chex.assert_trees_all_close(grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_pmap_over_batch_shards():
-    n = jax.device_count()
+def test_pmap_over_batch_shards(on_cpu):
+    n = len(on_cpu)
     assert n == 4
     a, b = EA.reshape(n, 2, D), EB.reshape(n, 2, D)
     y = SIMILAR.reshape(n, 2)
 
-    @functools.partial(jax.pmap, axis_name="i")
+    @functools.partial(jax.pmap, axis_name="i", devices=on_cpu)
     def step(a, b, y):
         loss, grad = jax.value_and_grad(
             lambda a: contrastive(a, b, y, margin=MARGIN, reduction="mean"))(a)
@@ -831,8 +846,9 @@ def test_pmap_over_batch_shards():
 
 
 @pytest.fixture(scope="module")
-def mesh():
-    return jax.make_mesh((4,), ("data",))
+def mesh(cpu_devices):
+    """The 4 CPU devices (the tests that use it run on_cpu, their references too)."""
+    return jax.make_mesh((4,), ("data",), devices=cpu_devices)
 
 
 def _assert_sharded_equals_unsharded(mesh, loss, args, argnums=(0, 1)):
@@ -844,7 +860,7 @@ def _assert_sharded_equals_unsharded(mesh, loss, args, argnums=(0, 1)):
     chex.assert_trees_all_close(grads, want_grads, rtol=1e-5, atol=1e-6)
 
 
-def test_sharded_inputs(mesh):
+def test_sharded_inputs(mesh, on_cpu):
     cases = [
         (lambda a, b, y: contrastive(a, b, y, margin=MARGIN, reduction="mean"),
          (EA, EB, SIMILAR)),
@@ -859,10 +875,11 @@ def test_sharded_inputs(mesh):
 
 
 @pytest.mark.parametrize("symmetric, chunk_size", [(False, None), (True, 3)])
-def test_info_nce_sharded_inputs(mesh, symmetric, chunk_size):
-    """Rows of queries and keys sharded over the default (explicit-axis) mesh."""
+def test_info_nce_sharded_inputs(mesh, on_cpu, symmetric, chunk_size):
+    """Rows of queries and keys sharded over the mesh of CPU devices."""
     def loss(q, k):
-        return info_nce(q, k, symmetric=symmetric, chunk_size=chunk_size, reduction="mean")
+        return info_nce(q, k, symmetric=symmetric, chunk_size=chunk_size, reduction="mean",
+                        precision=HIGHEST)
 
     _assert_sharded_equals_unsharded(mesh, loss, (Q, K))
 
@@ -1096,6 +1113,7 @@ def test_checked_raises_on_bad_values():
         checked_distance(-np.abs(EA[:, 0]), SIMILAR)
 
 
+@pytest.mark.cpu_backend_only
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_chunked_info_nce_memory(symmetric):
     """At B = 8192, D = 256, chunk 1024 the chunked value_and_grad needs at most 1/4 of

@@ -1,6 +1,7 @@
 """tests/distributed again on 8 CPU devices, in a subprocess (the device count is fixed
 when JAX starts): every cross-device loss equals its single-device value on 4 devices
-(the normal suite) and on 8."""
+(the normal suite) and on 8. The subprocess runs on the CPU backend alone, also where
+the suite itself runs on an accelerator (``make test-gpu``)."""
 
 import os
 import subprocess
@@ -11,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_distributed_tests_on_8_devices():
-    env = {**os.environ, "JAXLOSS_TEST_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAXLOSS_TEST_DEVICES": "8", "JAX_PLATFORMS": "cpu",
+           "JAXLOSS_TEST_BACKEND": "cpu"}
     env.pop("PYTEST_XDIST_WORKER", None)
     env.pop("PYTEST_ADDOPTS", None)
     result = subprocess.run(

@@ -463,12 +463,16 @@ def test_hessians():
         chex.assert_trees_all_close(rr_hub, np.diag(inside) / n, atol=1e-7)
 
 
-def test_pmap_over_devices():
-    assert jax.device_count() == 4
+# The multi-device tests run on the 4 CPU devices of conftest.py (on_cpu: their
+# single-device references too), whatever the default backend is.
+
+
+def test_pmap_over_devices(on_cpu):
+    assert len(on_cpu) == 4
     p = np.asarray(PREDS.reshape(4, 4), np.float32)
     t = np.asarray(TARGETS.reshape(4, 4), np.float32)
     for name, fn in LOSSES_1.items():
-        values, grads = jax.pmap(jax.value_and_grad(fn))(p, t)
+        values, grads = jax.pmap(jax.value_and_grad(fn), devices=on_cpu)(p, t)
         chex.assert_shape(values, (4,))
         assert len(values.sharding.device_set) == 4
         want_v, want_g = jax.jit(jax.vmap(jax.value_and_grad(fn)))(p, t)
@@ -476,7 +480,7 @@ def test_pmap_over_devices():
         chex.assert_trees_all_close(grads, want_g, rtol=1e-6, custom_message=name)
 
 
-def test_pmap_mean_across_devices():
+def test_pmap_mean_across_devices(on_cpu):
     """A global MSE from per-device sums and counts with psum, equal to the unsharded one."""
     p, t = f32(PREDS.reshape(4, 4)), f32(TARGETS.reshape(4, 4))
 
@@ -484,12 +488,12 @@ def test_pmap_mean_across_devices():
         local = jaxloss.squared_error(q, s, reduction="sum")
         return jax.lax.psum(local, "d") / jax.lax.psum(q.size, "d")
 
-    got = jax.pmap(global_mse, axis_name="d")(p, t)
+    got = jax.pmap(global_mse, axis_name="d", devices=on_cpu)(p, t)
     chex.assert_trees_all_close(got, jnp.full(4, jaxloss.mse(p, t)), rtol=1e-6)
 
 
-def test_sharded_inputs():
-    mesh = jax.make_mesh((4,), ("data",))
+def test_sharded_inputs(on_cpu):
+    mesh = jax.make_mesh((4,), ("data",), devices=on_cpu)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     p = np.asarray(PREDS.reshape(4, 4), np.float32)
     t = np.asarray(TARGETS.reshape(4, 4), np.float32)
@@ -509,8 +513,8 @@ def test_sharded_inputs():
     chex.assert_trees_all_close(want["mae"][1], np.float32(np.sign(p - t) / p.size))
 
 
-def test_sharded_elementwise_none():
-    mesh = jax.make_mesh((4,), ("data",))
+def test_sharded_elementwise_none(on_cpu):
+    mesh = jax.make_mesh((4,), ("data",), devices=on_cpu)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     p = np.asarray(PREDS.reshape(4, 4), np.float32)
     t = np.asarray(TARGETS.reshape(4, 4), np.float32)

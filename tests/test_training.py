@@ -20,6 +20,11 @@ from flax.training import train_state
 import jaxloss
 from jaxloss import data, training
 
+# The tests compare results of the same models computed two ways (jitted steps, eager
+# calls, sharded or not): their float32 matmuls at full precision (a GPU's default is
+# TF32). The data-parallel tests run on the 4 CPU devices of conftest.py (on_cpu).
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
+
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(32, 6)).astype(np.float32)
 Y = RNG.integers(0, 3, size=32).astype(np.int32)
@@ -97,8 +102,8 @@ def _five_sgd_steps(mesh):
 
 @pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Explicit,
                                        jax.sharding.AxisType.Auto])
-def test_sharded_steps_equal_single_device_steps(axis_type):
-    mesh = jax.make_mesh((4,), ("data",), axis_types=(axis_type,))
+def test_sharded_steps_equal_single_device_steps(axis_type, on_cpu):
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(axis_type,), devices=on_cpu)
     single, single_losses = _five_sgd_steps(None)
     sharded, sharded_losses = _five_sgd_steps(mesh)
     chex.assert_trees_all_close(params(sharded), params(single), atol=1e-5, rtol=1e-5)
@@ -108,14 +113,14 @@ def test_sharded_steps_equal_single_device_steps(axis_type):
     assert leaf.sharding.is_fully_replicated
 
 
-def test_shard_batch_splits_the_leading_axis_and_replicates_the_rest():
-    mesh = jax.make_mesh((4,), ("data",))
+def test_shard_batch_splits_the_leading_axis_and_replicates_the_rest(on_cpu):
+    mesh = jax.make_mesh((4,), ("data",), devices=on_cpu)
     placed = training.shard_batch({"x": X[:8], "odd": X[:6]}, mesh)
     assert placed["x"].sharding.spec[0] == "data"
     assert placed["odd"].sharding.is_fully_replicated  # 6 rows do not split over 4
     with pytest.raises(ValueError, match="'data' axis"):
         training.make_train_step(lambda m, b: (0.0, {}),
-                                 mesh=jax.make_mesh((4,), ("batch",)))
+                                 mesh=jax.make_mesh((4,), ("batch",), devices=on_cpu))
 
 
 def test_linen_train_state_step():

@@ -1,7 +1,9 @@
 """The contrastive losses across devices (``axis_name`` inside ``jax.shard_map``):
 values and gradients equal the single-device ones, on every CPU device that
 ``tests/conftest.py`` creates (4 in the normal suite, 8 in tests/test_distributed.py's
-run of this directory)."""
+run of this directory). The CPU devices are used whatever JAX's default backend is, and
+the single-device references run on the CPU too (the ``on_cpu`` fixture); the matmuls
+run at precision="highest" on both sides."""
 
 import functools
 import importlib.util
@@ -18,7 +20,10 @@ from jax.sharding import PartitionSpec as P
 import jaxloss
 from jaxloss import distributed
 
-N = jax.device_count()
+pytestmark = pytest.mark.usefixtures("on_cpu")
+
+CPU = jax.devices("cpu")
+N = len(CPU)
 B, D = 32, 16  # B a multiple of 8: 8 (4 devices) or 4 (8 devices) rows per device
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 RNG = np.random.default_rng(0)
@@ -37,10 +42,15 @@ SCALE, BIAS = np.float32(10.0), np.float32(-5.0)  # SigLIP's t and b (big_vision
 ROWS, REPLICATED = P("data"), P()
 MEMORY_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed_memory.py"
 
+# The matmul losses at full float32 precision (a GPU's default is TF32).
+info_nce = functools.partial(jaxloss.info_nce, precision="highest")
+ntxent = functools.partial(jaxloss.ntxent, precision="highest")
+siglip_loss = functools.partial(jaxloss.siglip_loss, precision="highest")
+
 
 @pytest.fixture(scope="module")
 def mesh():
-    return distributed.data_mesh()
+    return distributed.data_mesh(devices=CPU)
 
 
 def _assert_matches_one_device(mesh, loss, args, specs, argnums):
@@ -79,8 +89,8 @@ def test_info_nce_matches_one_device(mesh, symmetric, chunk_size):
     remainder of the 8 or 4 rows per device."""
 
     def loss(q, k, t, **kw):
-        return jaxloss.info_nce(q, k, temperature=t, symmetric=symmetric,
-                                chunk_size=chunk_size, **kw)
+        return info_nce(q, k, temperature=t, symmetric=symmetric,
+                        chunk_size=chunk_size, **kw)
 
     _assert_matches_one_device(mesh, loss, (Q, K, TAU), (ROWS, ROWS, REPLICATED),
                                argnums=(0, 1, 2))
@@ -91,11 +101,11 @@ def test_info_nce_mean_temperature_gradient(mesh):
     cotangent summed over the devices once), with check_vma on and off."""
 
     def body(q, k, t):
-        return jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
-                                axis_name="data")
+        return info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
+                        axis_name="data")
 
-    want = jax.grad(lambda t: jaxloss.info_nce(Q, K, temperature=t, symmetric=True,
-                                               reduction="mean"))(TAU)
+    want = jax.grad(lambda t: info_nce(Q, K, temperature=t, symmetric=True,
+                                       reduction="mean"))(TAU)
     for check_vma in (True, False):
         across = jax.shard_map(body, mesh=mesh, in_specs=(ROWS, ROWS, REPLICATED),
                                out_specs=REPLICATED, check_vma=check_vma)
@@ -105,13 +115,13 @@ def test_info_nce_mean_temperature_gradient(mesh):
 
 def test_info_nce_over_two_mesh_axes():
     """A tuple axis_name: the batch split over both axes of a (data, model) mesh."""
-    mesh = distributed.model_mesh(2)
+    mesh = distributed.model_mesh(2, devices=CPU)
     both = ("data", "model")
     across = jax.shard_map(
-        lambda q, k: jaxloss.info_nce(q, k, symmetric=True, axis_name=both),
+        lambda q, k: info_nce(q, k, symmetric=True, axis_name=both),
         mesh=mesh, in_specs=(P(both), P(both)), out_specs=P(both))
     chex.assert_trees_all_close(jax.jit(across)(Q, K),
-                                jaxloss.info_nce(Q, K, symmetric=True), **TOL)
+                                info_nce(Q, K, symmetric=True), **TOL)
 
 
 def test_info_nce_second_derivative_across_devices(mesh):
@@ -122,8 +132,8 @@ def test_info_nce_second_derivative_across_devices(mesh):
     v = _unit(RNG.normal(size=(B, D)))
     for chunk_size in (2,):
         def loss(q, k, t, axis_name=None, chunk_size=chunk_size):
-            return jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
-                                    chunk_size=chunk_size, axis_name=axis_name)
+            return info_nce(q, k, temperature=t, symmetric=True, reduction="mean",
+                            chunk_size=chunk_size, axis_name=axis_name)
 
         across = jax.shard_map(functools.partial(loss, axis_name="data"), mesh=mesh,
                                in_specs=(ROWS, ROWS, REPLICATED), out_specs=REPLICATED)
@@ -140,13 +150,13 @@ def test_info_nce_inputs_varying_over_another_axis():
     """On a (data, model) mesh, embeddings that also vary over "model" (e.g. a
     different projection per model shard) with axis_name="data": values and gradients
     equal the one-device loss of each model shard's inputs."""
-    mesh = distributed.model_mesh(2)
+    mesh = distributed.model_mesh(2, devices=CPU)
     q2 = np.stack([Q, K])  # model shard 0 sees Q, shard 1 sees K as queries
     k2 = np.stack([K, Q])
 
     def body(q, k, t):
-        loss = jaxloss.info_nce(q[0], k[0], temperature=t, symmetric=True,
-                                reduction="mean", axis_name="data")
+        loss = info_nce(q[0], k[0], temperature=t, symmetric=True,
+                        reduction="mean", axis_name="data")
         return loss[None]
 
     across = jax.shard_map(body, mesh=mesh, in_specs=(P("model", "data"), P("model", "data"),
@@ -156,8 +166,8 @@ def test_info_nce_inputs_varying_over_another_axis():
                                               argnums=(0, 1, 2)))(q2, k2, TAU)
 
     def one(q, k, t):
-        return sum(jaxloss.info_nce(q[i], k[i], temperature=t, symmetric=True,
-                                    reduction="mean") for i in range(2))
+        return sum(info_nce(q[i], k[i], temperature=t, symmetric=True,
+                            reduction="mean") for i in range(2))
 
     want_value, want_grads = jax.value_and_grad(one, argnums=(0, 1, 2))(q2, k2, TAU)
     chex.assert_trees_all_close(value, want_value, **TOL)
@@ -171,7 +181,7 @@ def test_custom_vjp_losses_inside_shard_map_without_axis_name(mesh):
     per-device losses' gradients."""
 
     def per_device(q, k, t):
-        return (jaxloss.info_nce(q, k, temperature=t, symmetric=True, reduction="sum")
+        return (info_nce(q, k, temperature=t, symmetric=True, reduction="sum")
                 + jnp.sum(jaxloss.pairwise_distance(q, k))
                 + jnp.sum(jaxloss.triplet_margin_loss(q, k, k[::-1])))
 
@@ -192,17 +202,17 @@ def test_custom_vjp_losses_inside_shard_map_without_axis_name(mesh):
 def test_ntxent_and_siglip_mean_match_one_device(mesh, check_vma):
     """ntxent and siglip's mean across devices, with shard_map's check_vma on and off
     (off, shard_map itself sums the replicated inputs' cotangents)."""
-    want = jax.jit(jax.value_and_grad(jaxloss.ntxent, argnums=(0, 2)))(Q, LABELS, TAU)
-    across = jax.shard_map(lambda e, y, t: jaxloss.ntxent(e, y, t, axis_name="data"),
+    want = jax.jit(jax.value_and_grad(ntxent, argnums=(0, 2)))(Q, LABELS, TAU)
+    across = jax.shard_map(lambda e, y, t: ntxent(e, y, t, axis_name="data"),
                            mesh=mesh, in_specs=(ROWS, ROWS, REPLICATED),
                            out_specs=REPLICATED, check_vma=check_vma)
     got = jax.jit(jax.value_and_grad(across, argnums=(0, 2)))(Q, LABELS, TAU)
     chex.assert_trees_all_close(got, want, **TOL)
     chex.assert_tree_all_finite(got)
 
-    want = jax.value_and_grad(jaxloss.siglip_loss, argnums=(0, 1, 2, 3))(Q, K, SCALE, BIAS)
+    want = jax.value_and_grad(siglip_loss, argnums=(0, 1, 2, 3))(Q, K, SCALE, BIAS)
     across = jax.shard_map(
-        lambda x, y, t, b: jaxloss.siglip_loss(x, y, t, b, axis_name="data"), mesh=mesh,
+        lambda x, y, t, b: siglip_loss(x, y, t, b, axis_name="data"), mesh=mesh,
         in_specs=(ROWS, ROWS, REPLICATED, REPLICATED), out_specs=REPLICATED,
         check_vma=check_vma)
     got = jax.jit(jax.value_and_grad(across, argnums=(0, 1, 2, 3)))(Q, K, SCALE, BIAS)
@@ -217,7 +227,7 @@ def test_siglip_matches_one_device(mesh):
     """Gradients of images, texts, the logit scale and the bias."""
 
     def loss(x, y, t, b, **kw):
-        return jaxloss.siglip_loss(x, y, t, b, **kw)
+        return siglip_loss(x, y, t, b, **kw)
 
     _assert_matches_one_device(mesh, loss, (Q, K, SCALE, BIAS),
                                (ROWS, ROWS, REPLICATED, REPLICATED), argnums=(0, 1, 2, 3))
@@ -235,9 +245,9 @@ def test_siglip_matches_float64_reference(x64):
 
     @jax.jit
     def both(*a):
-        values = tuple(jaxloss.siglip_loss(*a, reduction=r) for r in ("none", "mean", "sum"))
+        values = tuple(siglip_loss(*a, reduction=r) for r in ("none", "mean", "sum"))
         per_row = ref_siglip(*a)
-        grads = (jax.grad(jaxloss.siglip_loss, argnums=(0, 1, 2, 3))(*a),
+        grads = (jax.grad(siglip_loss, argnums=(0, 1, 2, 3))(*a),
                  jax.grad(lambda *a: jnp.mean(ref_siglip(*a)), argnums=(0, 1, 2, 3))(*a))
         return values, (per_row, jnp.mean(per_row), jnp.sum(per_row)), grads
 
@@ -249,7 +259,7 @@ def test_siglip_matches_float64_reference(x64):
 def test_siglip_extremes_and_dtypes():
     """Logits of +-1e30 (where the naive log(1 / (1 + exp)) is -inf): finite loss and
     gradients; bf16 embeddings: a float32 loss, bf16 gradients; NaN in, NaN out."""
-    grad = jax.value_and_grad(jaxloss.siglip_loss, argnums=(0, 1, 2, 3))
+    grad = jax.value_and_grad(siglip_loss, argnums=(0, 1, 2, 3))
     for bias in (1e30, -1e30):
         value, grads = grad(Q, K, np.float32(1e20), np.float32(bias))
         chex.assert_tree_all_finite((value, grads))
@@ -259,18 +269,18 @@ def test_siglip_extremes_and_dtypes():
     chex.assert_tree_all_finite((value, grads))
     nan = Q.copy()
     nan[0, 0] = np.nan
-    assert jnp.isnan(jaxloss.siglip_loss(nan, K, SCALE, BIAS))
+    assert jnp.isnan(siglip_loss(nan, K, SCALE, BIAS))
 
 
 def test_siglip_bad_input():
     with pytest.raises(ValueError, match="text_embeddings"):
-        jaxloss.siglip_loss(Q, K[:4], SCALE, BIAS)
+        siglip_loss(Q, K[:4], SCALE, BIAS)
     with pytest.raises(ValueError, match="temperature"):
-        jaxloss.siglip_loss(Q, K, -1.0, BIAS)
+        siglip_loss(Q, K, -1.0, BIAS)
     with pytest.raises(ValueError, match="bias"):
-        jaxloss.siglip_loss(Q, K, SCALE, np.zeros(2, np.float32))
+        siglip_loss(Q, K, SCALE, np.zeros(2, np.float32))
     with pytest.raises(TypeError, match="image_embeddings"):
-        jaxloss.siglip_loss(Q.astype(np.int32), K, SCALE, BIAS)
+        siglip_loss(Q.astype(np.int32), K, SCALE, BIAS)
 
 
 # ---------------------------------------------------------------------------------
@@ -278,9 +288,9 @@ def test_siglip_bad_input():
 
 
 @pytest.mark.parametrize("call", [
-    lambda: jaxloss.info_nce(Q, K, axis_name="data"),
-    lambda: jaxloss.ntxent(Q, LABELS, axis_name="data"),
-    lambda: jaxloss.siglip_loss(Q, K, SCALE, BIAS, axis_name="data"),
+    lambda: info_nce(Q, K, axis_name="data"),
+    lambda: ntxent(Q, LABELS, axis_name="data"),
+    lambda: siglip_loss(Q, K, SCALE, BIAS, axis_name="data"),
 ], ids=["info_nce", "ntxent", "siglip_loss"])
 def test_axis_name_outside_shard_map_raises(call):
     with pytest.raises(ValueError, match=r"axis_name='data' is not bound.*shard_map"):
@@ -289,7 +299,7 @@ def test_axis_name_outside_shard_map_raises(call):
 
 def test_axis_name_must_be_a_name():
     with pytest.raises(TypeError, match="axis_name"):
-        jaxloss.info_nce(Q, K, axis_name=0)
+        info_nce(Q, K, axis_name=0)
 
 
 def test_all_gather_with_grad_and_ring_shift(mesh):
@@ -311,15 +321,24 @@ def test_all_gather_with_grad_and_ring_shift(mesh):
 
 
 def test_meshes():
+    # By default over jax.devices() (the default backend's), else over the devices given.
     mesh = distributed.data_mesh()
-    assert dict(mesh.shape) == {"data": N}
-    assert dict(distributed.data_mesh("batch").shape) == {"batch": N}
-    mesh = distributed.model_mesh(2)
-    assert dict(mesh.shape) == {"data": N // 2, "model": 2}
-    assert dict(distributed.model_mesh(N, axis_names=("dp", "tp")).shape) == {"dp": 1, "tp": N}
+    assert dict(mesh.shape) == {"data": jax.device_count()}
     assert set(mesh.devices.flat) == set(jax.devices())
+    mesh = distributed.model_mesh(jax.device_count(), axis_names=("dp", "tp"))
+    assert dict(mesh.shape) == {"dp": 1, "tp": jax.device_count()}
+    assert set(mesh.devices.flat) == set(jax.devices())
+    mesh = distributed.data_mesh(devices=CPU)
+    assert dict(mesh.shape) == {"data": N}
+    assert list(mesh.devices.flat) == CPU
+    assert dict(distributed.data_mesh("batch", devices=CPU).shape) == {"batch": N}
+    mesh = distributed.model_mesh(2, devices=CPU)
+    assert dict(mesh.shape) == {"data": N // 2, "model": 2}
+    assert set(mesh.devices.flat) == set(CPU)
+    assert dict(distributed.model_mesh(N, axis_names=("dp", "tp"), devices=CPU).shape) == {
+        "dp": 1, "tp": N}
     with pytest.raises(ValueError, match="model"):
-        distributed.model_mesh(3)
+        distributed.model_mesh(3, devices=CPU)
 
 
 def _load_memory_script():
@@ -330,6 +349,7 @@ def _load_memory_script():
     return module
 
 
+@pytest.mark.cpu_backend_only
 def test_distributed_info_nce_memory_is_a_device_share(mesh):
     """benchmarks/distributed_memory.py at a small size: each device's temp bytes of
     the distributed, chunked value-and-grad are at most 1/n of the all-gathered

@@ -1,7 +1,9 @@
 """Vocabulary-parallel (Megatron-style) cross-entropy: the class axis sharded over every
 CPU device that ``tests/conftest.py`` creates (4 in the normal suite, 8 in
 tests/test_distributed.py's run of this directory), inside ``jax.shard_map``. Values and
-gradients equal the unsharded losses', and the ``[N, V]`` logits are never gathered."""
+gradients equal the unsharded losses', and the ``[N, V]`` logits are never gathered.
+The CPU devices are used whatever JAX's default backend is, and the unsharded references
+run on the CPU too (the ``on_cpu`` fixture); the matmuls run at precision="highest"."""
 
 
 import chex
@@ -14,8 +16,11 @@ from jax.sharding import PartitionSpec as P
 
 import jaxloss
 
+pytestmark = pytest.mark.usefixtures("on_cpu")
+
 AXIS = "model"
-DEVICES = jax.device_count()
+CPU = jax.devices("cpu")
+DEVICES = len(CPU)
 N, D, V, CHUNK = 16, 8, 64, 5  # V a multiple of 8; a chunk of 5 leaves a remainder
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 RNG = np.random.default_rng(0)
@@ -44,7 +49,7 @@ DIFFERENTIABLE = ("logits", "class_weights", "hidden", "weight", "bias")
 
 @pytest.fixture(scope="module")
 def mesh():
-    return jax.make_mesh((DEVICES,), (AXIS,))
+    return jax.make_mesh((DEVICES,), (AXIS,), devices=CPU)
 
 
 def _spec(name, value):
@@ -166,7 +171,7 @@ def test_integer_ce_out_of_range_label_gives_nan(mesh, loss):
 
 def test_integer_ce_over_two_mesh_axes():
     """Classes sharded over a tuple of axes, in PartitionSpec order."""
-    mesh = jax.make_mesh((2, DEVICES // 2), ("a", "b"))
+    mesh = jax.make_mesh((2, DEVICES // 2), ("a", "b"), devices=CPU)
     x = jax.device_put(LOGITS, NamedSharding(mesh, P(None, ("a", "b"))))
     w = jax.device_put(CLASS_WEIGHTS, NamedSharding(mesh, P(("a", "b"))))
 
@@ -186,7 +191,7 @@ def test_integer_ce_over_two_mesh_axes():
 def test_integer_ce_with_rows_over_a_data_axis():
     """2-D mesh: rows over "data", classes over "model"; the class weights, replicated
     over "data", get the sum of every row block's gradient."""
-    mesh = jax.make_mesh((2, DEVICES // 2), ("data", AXIS))
+    mesh = jax.make_mesh((2, DEVICES // 2), ("data", AXIS), devices=CPU)
     specs = (P("data", AXIS), P("data"), P(AXIS))
 
     def loss(x, y, w):
@@ -211,7 +216,7 @@ def test_integer_ce_with_rows_over_a_data_axis():
 
 def _linear(hidden, weight, labels, **kwargs):
     return jaxloss.linear_softmax_cross_entropy(hidden, weight, labels, chunk_size=CHUNK,
-                                                **kwargs)
+                                                precision="highest", **kwargs)
 
 
 LINEAR_CASES = {
@@ -247,7 +252,7 @@ def test_linear_ce_with_rows_over_a_data_axis():
     """2-D mesh: hidden's rows over "data", the vocabulary over "model"; no bias; the
     per-row losses come out sharded by rows and are summed outside the shard_map."""
     model = DEVICES // 2
-    mesh = jax.make_mesh((2, model), ("data", AXIS))
+    mesh = jax.make_mesh((2, model), ("data", AXIS), devices=CPU)
     specs = (P("data"), P(None, AXIS), P("data"))
     sharded = jax.shard_map(lambda h, w, y: _linear(h, w, y, axis_name=AXIS),
                             mesh=mesh, in_specs=specs, out_specs=P("data"))
@@ -265,7 +270,7 @@ def test_linear_ce_with_rows_over_a_data_axis():
 def test_linear_ce_data_parallel_without_axis_name():
     """Without axis_name inside a shard_map over rows (the weight replicated): the
     scan's carries and the weight's gradient are typed as the rows are."""
-    mesh = jax.make_mesh((DEVICES,), ("data",))
+    mesh = jax.make_mesh((DEVICES,), ("data",), devices=CPU)
     specs = (P("data"), P(), P(), P("data"))
     sharded = jax.shard_map(lambda h, w, b, y: _linear(h, w, y, bias=b, label_smoothing=0.1),
                             mesh=mesh, in_specs=specs, out_specs=P("data"))
