@@ -85,7 +85,7 @@ def checked(loss: F) -> F:
       safe_ce = jaxloss.checked(jaxloss.softmax_cross_entropy_with_integer_labels)
       safe_ce(logits, labels)   # raises if a label is out of range
     """
-    domain = _CHECKS.get(loss)
+    domain = _domain_checks(loss)
 
     @functools.wraps(loss)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -104,6 +104,22 @@ def checked(loss: F) -> F:
         return out
 
     return wrapper  # type: ignore[return-value]
+
+
+def _domain_checks(loss: Callable[..., Any]) -> Callable[..., None] | None:
+    """The registered checks of ``loss``, also through ``functools.partial`` (whose bound
+    arguments are checked with the call's)."""
+    if isinstance(loss, functools.partial):
+        inner = _domain_checks(loss.func)
+        if inner is None:
+            return None
+        bound_args, bound_kwargs = loss.args, loss.keywords
+
+        def check(*args: Any, **kwargs: Any) -> None:
+            inner(*bound_args, *args, **{**bound_kwargs, **kwargs})
+
+        return check
+    return _CHECKS.get(loss)
 
 
 def _argument_names(fn: Callable[..., Any], n: int) -> list[str]:

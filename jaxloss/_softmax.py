@@ -142,14 +142,20 @@ def probabilities(
 
 
 def neg_log_probabilities(
-    x: jax.Array, m: jax.Array, log_s: jax.Array, *, recomputed: bool = False
+    x: jax.Array, m: jax.Array, log_s: jax.Array, *, scale: float = 1.0,
+    recomputed: bool = False,
 ) -> jax.Array:
-    r""":math:`-\log p_c = (m - x_c) + \log s`, as such rather than
+    r"""``scale`` times :math:`-\log p_c = (m - x_c) + \log s`, as such rather than
     :math:`\mathrm{lse} - x_c`, so that the term of a class near the max keeps its
-    precision when :math:`|x|` is huge. ``recomputed=True`` (``x`` formed apart from the
-    values the normalizer saw, e.g. a diagonal taken elementwise) clamps
-    :math:`m - x_c` at 0, value only (:func:`_zero_where`): never below :math:`\log s`."""
-    d = m - x
+    precision when :math:`|x|` is huge.
+
+    ``scale=0.5`` never overflows for finite ``x``: :math:`m - x_c` can exceed the
+    float32 maximum (logits near :math:`\pm 3 \cdot 10^{38}`, bf16's range) where a
+    weighted sum of the terms does not, so weighted sums are formed from halves and
+    doubled (halving is exact). ``recomputed=True`` (``x`` formed apart from the values
+    the normalizer saw, e.g. a diagonal taken elementwise) clamps :math:`m - x_c` at 0,
+    value only (:func:`_zero_where`): never below :math:`\log s`."""
+    d = scale * m - scale * x if scale != 1.0 else m - x
     if recomputed:
         d = _zero_where(d, d < 0)
-    return d + log_s
+    return d + (scale * log_s if scale != 1.0 else log_s)

@@ -381,7 +381,9 @@ def _softmax_ce_fwd(logits, labels, smoothing, valid):
     x = logits.astype(labels.dtype)
     m, log_s = _log_normalizer(logits, valid, labels.dtype)
     target = _dense_target(x, labels, smoothing, valid)
-    loss = jnp.sum(_times(target, _softmax.neg_log_probabilities(x, m, log_s)), axis=-1)
+    # Halves, doubled: m - x may overflow where the weighted sum does not.
+    half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
+    loss = 2 * jnp.sum(_times(target, half), axis=-1)
     return loss, (logits, labels, smoothing, valid, m, log_s)
 
 
@@ -395,13 +397,14 @@ def _softmax_ce_bwd(residuals, g):
     target = _dense_target(x, labels, smoothing, valid)
     d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
-    nll = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s), 0)
-    d_labels = _times(g[..., None], nll)
+    half = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s, scale=0.5), 0)
+    d_labels = 2 * _times(g[..., None], half)
     d_smoothing = None
     if smoothing is not None:
         d_labels = (1 - smoothing) * d_labels
         shift = _smoothing_support(x, valid) - labels
-        d_smoothing = jnp.sum(_times(g[..., None], shift * nll)).astype(smoothing.dtype)
+        d_smoothing = 2 * jnp.sum(_times(g[..., None], shift * half))
+        d_smoothing = d_smoothing.astype(smoothing.dtype)
     return d_logits.astype(logits.dtype), d_labels, d_smoothing, None
 
 
@@ -535,13 +538,15 @@ def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather):
     m, log_s = _log_normalizer(logits, valid, dtype)
     # Picked from the input dtype: a gather from the float32 copy of bf16 logits would
     # make XLA materialize that copy.
-    label_nll = _softmax.neg_log_probabilities(
-        _pick(logits, labels, gather).astype(dtype), m[..., 0], log_s[..., 0])
-    loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_nll)
+    # Halves, doubled: m - x may overflow where the weighted sum does not.
+    label_half = _softmax.neg_log_probabilities(
+        _pick(logits, labels, gather).astype(dtype), m[..., 0], log_s[..., 0], scale=0.5)
+    loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_half)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     if smooth is not None:
-        loss = loss + jnp.sum(_times(smooth, _softmax.neg_log_probabilities(x, m, log_s)),
-                              axis=-1)
+        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
+        loss = loss + jnp.sum(_times(smooth, half), axis=-1)
+    loss = 2 * loss
     in_range = (labels >= 0) & (labels < x.shape[-1])
     loss = jnp.where(in_range, loss, jnp.nan)
     return loss, (logits, labels, class_weights, smoothing, valid, m, log_s)
@@ -569,26 +574,27 @@ def _integer_ce_bwd(gather, residuals, g):
 
     d_weights = d_smoothing = None
     if class_weights is not None or smoothing is not None:
-        nll = _softmax.neg_log_probabilities(x, m, log_s)
-        label_nll = _softmax.neg_log_probabilities(_pick(x, labels, gather), m[..., 0],
-                                                   log_s[..., 0])
+        # Halves of -log p, doubled below (as in the forward pass).
+        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
+        label_half = _softmax.neg_log_probabilities(_pick(x, labels, gather), m[..., 0],
+                                                    log_s[..., 0], scale=0.5)
         keep = 1.0 if smoothing is None else 1 - smoothing
     if class_weights is not None:
         # A compare-and-sum down the rows, not a scatter: it fuses, and it has an
         # unambiguous sharding when the rows are split over devices.
-        per_class = _at_label(_times(g, keep * label_nll), labels, x.shape)
+        per_class = _at_label(_times(g, keep * label_half), labels, x.shape)
         if smoothing is not None:
             uniform = smoothing * _smoothing_support(x, valid)
-            per_class = per_class + _times(g[..., None], _times(uniform, nll))
-        d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
+            per_class = per_class + _times(g[..., None], _times(uniform, half))
+        d_weights = 2 * jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     if smoothing is not None:
         w_u = _smoothing_support(x, valid)
         w_y = jnp.ones(labels.shape, dtype)
         if class_weights is not None:
             w_u = w_u * class_weights
             w_y = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
-        shift = jnp.sum(_times(w_u, nll), axis=-1) - _times(w_y, label_nll)
-        d_smoothing = jnp.sum(_times(g, shift)).astype(smoothing.dtype)
+        shift = jnp.sum(_times(w_u, half), axis=-1) - _times(w_y, label_half)
+        d_smoothing = (2 * jnp.sum(_times(g, shift))).astype(smoothing.dtype)
     return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None
 
 

@@ -174,7 +174,11 @@ def pairwise_distance(
 
 def _contrastive_terms(distances: jax.Array, similar: jax.Array, margin: jax.Array) -> jax.Array:
     hinge = jnp.maximum(margin - distances, 0)
-    return 0.5 * (_times(similar, jnp.square(distances)) + (1 - similar) * jnp.square(hinge))
+    squared = jnp.square(distances)
+    # 0 * inf = 0 for a dissimilar pair at an overflowing distance; elsewhere the plain
+    # product, whose derivative in `similar` is d^2 also at similar = 0.
+    pull = jnp.where((similar == 0) & jnp.isinf(squared), 0, similar * squared)
+    return 0.5 * (pull + (1 - similar) * jnp.square(hinge))
 
 
 def _similar_labels(similar: ArrayLike, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:

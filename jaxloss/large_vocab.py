@@ -126,7 +126,7 @@ def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axi
     \log \mathrm{psum}(\sum_c e^{x_c - m})`, :math:`x_y` and :math:`w_y` from the shard
     owning :math:`y`; NaN for a label outside ``[0, V)``. Residuals: the inputs and, per
     row, the normalizer :math:`(m, \log s)`, :math:`\alpha`, :math:`\alpha + \epsilon \sum_c w_c
-    u_c` and, as needed, :math:`\mathrm{lse} - x_y` and the number of classes."""
+    u_c` and, as needed, :math:`(\mathrm{lse} - x_y)/2` and the number of classes."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
@@ -135,23 +135,26 @@ def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axi
     m = _softmax.finite_shift(m)
     s = jax.lax.psum(jnp.sum(jnp.exp(masked - m[..., None]), axis=-1), axis_name)
     log_s = jnp.log(s)
-    label_nll = _softmax.neg_log_probabilities(_owner_pick(x, local, axis_name), m, log_s)
+    # Halves of -log p, doubled: m - x may overflow where the weighted sum does not
+    # (classification._integer_ce_fwd).
+    label_half = _softmax.neg_log_probabilities(_owner_pick(x, local, axis_name), m, log_s,
+                                                scale=0.5)
     alpha = (jnp.ones(labels.shape, dtype) if class_weights is None
              else _owner_pick(class_weights, local, axis_name))
     if smoothing:
         alpha = (1 - smoothing) * alpha
-    loss = _times(alpha, label_nll)
+    loss = _times(alpha, label_half)
     total = count = None
     if smoothing:
         support = masked > -jnp.inf
         count = jax.lax.psum(jnp.sum(support, axis=-1), axis_name)
         smooth = _shard_smoothing(support, count, class_weights, smoothing, dtype)
-        neg_log_p = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None])
-        loss = loss + jax.lax.psum(jnp.sum(_times(smooth, neg_log_p), axis=-1), axis_name)
+        half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5)
+        loss = loss + jax.lax.psum(jnp.sum(_times(smooth, half), axis=-1), axis_name)
         total = alpha + jax.lax.psum(jnp.sum(smooth, axis=-1), axis_name)
-    loss = jnp.where(in_range, loss, jnp.nan)
+    loss = jnp.where(in_range, 2 * loss, jnp.nan)
     residuals = (logits, labels, class_weights, valid, m, log_s, alpha, total,
-                 None if class_weights is None else label_nll, count)
+                 None if class_weights is None else label_half, count)
     return loss, residuals
 
 
@@ -167,7 +170,7 @@ def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
     \alpha [c = y] - \epsilon w_c u_c` on this shard's classes (:math:`p` rebuilt from
     the global :math:`\mathrm{lse}`, no collective); :math:`\partial\ell/\partial w_c
     = (1 - \epsilon)[c = y](\mathrm{lse} - x_y) + \epsilon u_c(\mathrm{lse} - x_c)`."""
-    logits, labels, class_weights, valid, m, log_s, alpha, total, label_nll, count = residuals
+    logits, labels, class_weights, valid, m, log_s, alpha, total, label_half, count = residuals
     g = _total_cotangent(g, logits, axis_name)
     dtype = _validate.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
@@ -186,13 +189,12 @@ def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
     d_weights = None
     if class_weights is not None:
-        per_class = jnp.where(hit, _times(g, (1 - smoothing) * label_nll)[..., None], 0)
+        per_class = jnp.where(hit, _times(g, (1 - smoothing) * label_half)[..., None], 0)
         if smoothing:
             uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
-            per_class = per_class + _times(g[..., None],
-                                           _times(uniform, _softmax.neg_log_probabilities(
-                                               x, m[..., None], log_s[..., None])))
-        d_weights = jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
+            half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5)
+            per_class = per_class + _times(g[..., None], _times(uniform, half))
+        d_weights = 2 * jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     return d_logits.astype(logits.dtype), None, d_weights, None
 
 

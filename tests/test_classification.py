@@ -763,6 +763,12 @@ def test_checked_raises_on_bad_values():
         jaxloss.checked(sce)(nan_logits, SOFT)
     with pytest.raises(checkify.JaxRuntimeError, match="predictions contains"):
         jaxloss.checked(jaxloss.mse)(nan_logits, LOGITS)
+    # Through functools.partial the domain checks still run, with the bound options.
+    partial = functools.partial(ice, ignore_index=-100)
+    checked_partial = jaxloss.checked(partial)
+    checked_partial(LOGITS, np.where(np.arange(N) == 2, -100, LABELS))
+    with pytest.raises(checkify.JaxRuntimeError, match="labels must be class ids in"):
+        checked_partial(LOGITS, np.where(np.arange(N) == 2, 7, LABELS))
 
 
 if __name__ == "__main__":

@@ -302,3 +302,26 @@ def test_long_rows_are_blocked_on_the_cpu_only():
     assert "4x16x4096xf32" in module("cpu")
     assert "4x16x4096xf32" not in module("cuda")
     assert "4x65536xf32" in module("cuda")
+
+
+def test_logits_spanning_more_than_the_float32_range():
+    """bf16 logits at +-3e38: m - x is 6e38, over float32's maximum, while the smoothed
+    loss and the targets' gradient fit; they are formed from halves."""
+    x = jnp.array([[3e38, -3e38, 0.0]], jnp.bfloat16)
+    x64 = np.asarray(x, np.float64)
+    m = x64.max()
+    neg_log_p = (m - x64[0]) + np.log(np.sum(np.exp(x64[0] - m)))  # [0, 6e38, 3e38]
+    q = 0.9 * np.array([1.0, 0, 0]) + 0.1 / 3
+    want = np.sum(q * neg_log_p)
+    got = jaxloss.softmax_cross_entropy_with_integer_labels(x, jnp.array([0]),
+                                                            label_smoothing=0.1)
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    np.testing.assert_allclose(jaxloss.softmax_cross_entropy(
+        x, jnp.array([[1.0, 0, 0]]), label_smoothing=0.1), [want], rtol=1e-6)
+    _, pullback = jax.vjp(lambda y: jaxloss.softmax_cross_entropy(x, y),
+                          jnp.array([[1.0, 0, 0]], F32))
+    np.testing.assert_allclose(pullback(jnp.array([0.25], F32))[0], [0.25 * neg_log_p],
+                               rtol=1e-6)
+    weighted = jaxloss.softmax_cross_entropy_with_integer_labels(
+        x, jnp.array([1]), class_weights=jnp.array([1.0, 0.1, 1.0]))
+    np.testing.assert_allclose(weighted, [0.1 * neg_log_p[1]], rtol=1e-6)
