@@ -120,6 +120,8 @@ def test_demo_siamese_writes_the_embedding_plot(tmp_path, capsys):
     _assert_png(tmp_path / "siamese_embedding.png")
 
 
+@pytest.mark.cpu_backend_only(reason="the demo's --devices splits jax.devices(): the 4 CPU "
+                                     "devices here, one GPU on a GPU host")
 def test_demo_data_parallel_on_two_of_the_four_devices(tmp_path, capsys, monkeypatch,
                                                        four_devices):
     meshes = []
@@ -162,6 +164,7 @@ def test_demo_epochs_sets_the_number_of_epochs(tmp_path, capsys, monkeypatch):
     _row(capsys.readouterr().out, "binary")
 
 
+@pytest.mark.cpu_backend_only(reason="counts the 4 CPU devices of the default backend")
 def test_demo_more_devices_than_available_exits_2(tmp_path, capsys, monkeypatch, four_devices):
     def never(*args, **kwargs):
         raise AssertionError("trained despite too many --devices")
