@@ -20,6 +20,21 @@ but reported as a mismatch, and the run exits with status 1.
 When jaxloss has ``linear_softmax_cross_entropy``, a last row compares it with optax's
 integer-label cross-entropy of the materialized logits ``hidden @ weight``.
 
+The GPU set (``--sizes gpu``, the default where JAX's backend is a GPU) has every row
+of ``--quick`` and, first, the workloads of large-vocabulary and contrastive training
+in bfloat16 (``GPU_ROWS``): the linear cross-entropy at N=8192, D=2304, V=256000 against
+optax and PyTorch on the materialized logits, Liger's fused linear cross-entropy and
+Cut Cross-Entropy (exact, and with its default gradient filter, which is approximate:
+its difference from jaxloss is reported, not checked), with one matmul as a reference;
+the integer-label cross-entropy at N=8192, V=131072 in bfloat16 and float32 (with
+Liger's); the symmetric InfoNCE (CLIP) loss at B=32768, D=512, chunked and not. Liger and
+Cut Cross-Entropy (Triton kernels) get columns where PyTorch runs on CUDA and they can be
+imported. Its report also gives each library's peak device memory during one call,
+above what was in use before it (the inputs): for jaxloss and optax from
+``device.memory_stats()`` in a fresh process per function (the peak cannot be reset),
+for PyTorch's libraries from ``torch.cuda.max_memory_allocated()``. ``--sizes gpu-tiny``
+runs the same rows at toy sizes, on any backend (the tests run it on the CPU).
+
 Method: every JAX function is jitted and compiled ahead of time, called once to warm
 up, then timed call by call with ``jax.block_until_ready``; the libraries are measured
 in the same process and interleaved (one sample of each in turn, the order rotated
@@ -32,6 +47,7 @@ Usage::
     python benchmarks/run.py            # the full run (about 5 minutes on 2 CPU cores)
     python benchmarks/run.py --quick    # every row, fewer samples: under 2 minutes
     python benchmarks/run.py --filter softmax --out my-results
+    python benchmarks/run.py --sizes gpu-tiny --out build/gpu-tiny  # the GPU set, toy sizes
 
 It writes ``<backend>-<device>.md``, ``.json`` and ``.png`` (the ratios, plotted) to
 ``benchmarks/results/`` or ``--out``. PyTorch is optional (``pip install -e ".[bench]"``);
@@ -41,18 +57,25 @@ without it the PyTorch column shows "—".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import functools
+import gc
+import importlib
 import importlib.metadata
 import json
 import math
 import os
+import pickle
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -61,17 +84,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import serialize_executable
 
 import jaxloss
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCRIPT = Path(__file__).resolve()
+RESULTS_DIR = SCRIPT.parent / "results"
 LIBRARIES = ("jaxloss", "optax", "torch")
+JAX_LIBRARIES = ("jaxloss", "optax")
+# PyTorch libraries of GPU (Triton) kernels: column -> the module imported for it. Their
+# columns appear in the GPU set's report where PyTorch runs on CUDA; "cce_filtered" is
+# Cut Cross-Entropy with its default gradient filter.
+KERNEL_MODULES = {"liger": "liger_kernel.transformers", "cce": "cut_cross_entropy"}
+KERNEL_PACKAGES = {"liger": "liger-kernel", "cce": "cut-cross-entropy"}
+KERNEL_COLUMNS = ("liger", "cce", "cce_filtered")
+TITLES = {"jaxloss": "jaxloss", "optax": "optax", "torch": "torch", "liger": "Liger",
+          "cce": "CCE", "cce_filtered": "CCE filtered ≈"}
+# Approximate by design: checked for shape and finiteness only; the largest difference
+# from jaxloss is reported instead.
+APPROXIMATE = frozenset({"cce_filtered"})
 MODES = ("forward", "value_and_grad")
 DASH = "—"
 # The largest difference allowed between two libraries' losses, values or gradients,
 # relative to the largest magnitude of the two: float32 results differ in the order
 # of their sums; bfloat16 ones also where a library rounds to bfloat16 inside.
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
+TEMPERATURE = 0.07  # of the InfoNCE rows
+# A compile longer than this is reported on stderr as it happens (one of the ntxent
+# rows was seen compiling for minutes on a GPU).
+SLOW_COMPILE_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +128,15 @@ class Sizes:
     # (N, D, V): the integer-label cross-entropy of hidden @ weight, differentiated with
     # respect to both, as in a training step (None: no such row)
     composed: tuple[int, int, int] | None = None
+    # The GPU set's own rows, in bfloat16 (None: none). (N, D, V): the linear
+    # cross-entropy against PyTorch, Liger and Cut Cross-Entropy, with one matmul as a
+    # reference.
+    fused_linear: tuple[int, int, int] | None = None
+    # (N, V): integer-label cross-entropy, bfloat16 and float32, with Liger's.
+    integer_ce: tuple[int, int] | None = None
+    # (B, D, chunk): symmetric info_nce with chunk_size=chunk and unchunked, against
+    # optax's cross-entropy of the B×B scores and PyTorch's CLIP loss.
+    clip: tuple[int, int, int] | None = None
 
 
 FULL = Sizes(
@@ -98,23 +148,34 @@ FULL = Sizes(
     linear=(4096, 512, 32768),
     composed=(1024, 256, 32768),
 )
+QUICK = dataclasses.replace(FULL, ntxent=(512, 256), linear=(512, 512, 32768))
+TINY = Sizes(
+    elementwise=(64, 32),
+    cross_entropy=((32, 64),),
+    cross_entropy_dtypes=("float32",),
+    ntxent=(32, 16),
+    triplet=(64, 16),
+    linear=(32, 16, 64),
+    composed=(16, 8, 64),
+)
+# The GPU workloads of the project's issue 12, the sizes of its reference figures.
+GPU_ROWS = {"fused_linear": (8192, 2304, 256000), "integer_ce": (8192, 131072),
+            "clip": (32768, 512, 4096)}
 SIZES = {
     "full": FULL,
     # Every row of the full run; two shrink: the linear layer (68 GFLOP forward at
     # N=4096) and ntxent (optax's gradient takes seconds and GiBs at B=1024).
-    "quick": dataclasses.replace(FULL, ntxent=(512, 256), linear=(512, 512, 32768)),
+    "quick": QUICK,
     # Every loss once at a toy size: a smoke test (tests/test_benchmarks.py) whose time
     # is mostly compilation.
-    "tiny": Sizes(
-        elementwise=(64, 32),
-        cross_entropy=((32, 64),),
-        cross_entropy_dtypes=("float32",),
-        ntxent=(32, 16),
-        triplet=(64, 16),
-        linear=(32, 16, 64),
-        composed=(16, 8, 64),
-    ),
+    "tiny": TINY,
+    # The GPU set: the GPU rows, then every row of --quick.
+    "gpu": dataclasses.replace(QUICK, **GPU_ROWS),
+    # The same rows at toy sizes (the GPU rows shrunk 32 to 256 times), for the tests.
+    "gpu-tiny": dataclasses.replace(TINY, fused_linear=(32, 48, 1000),
+                                    integer_ce=(32, 2048), clip=(128, 16, 32)),
 }
+GPU_SETS = ("gpu", "gpu-tiny")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +190,7 @@ class Timing:
 TIMINGS = {
     "full": Timing(samples=21, min_sample_s=0.05, budget_s=15.0),
     "quick": Timing(samples=7, min_sample_s=0.02, budget_s=1.0),
-    "smoke": Timing(samples=3, min_sample_s=0.0, budget_s=0.0),  # --sizes tiny
+    "smoke": Timing(samples=3, min_sample_s=0.0, budget_s=0.0),  # --sizes tiny, gpu-tiny
 }
 
 
@@ -149,8 +210,18 @@ class Case:
     torch_args: tuple[Any, ...] = ()
     note: str = ""
     # A lower bound for value_and_grad: the same arguments, writing an output the size
-    # and dtype of the gradient (one read, one write; no loss can do less).
+    # and dtype of the gradient (one read, one write; no loss can do less). Or another
+    # reference (``floor_label``), timed in ``floor_modes``.
     floor: Callable[..., jax.Array] | None = None
+    floor_label: str = "-x"
+    floor_modes: tuple[str, ...] = ("value_and_grad",)
+    # PyTorch GPU kernels (KERNEL_COLUMNS), functions of ``torch_args`` returning the
+    # loss (per row or summed), timed in value_and_grad only.
+    kernels: dict[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+    # Positions in ``args`` whose PyTorch tensor is the transpose of the JAX array (a
+    # weight [V, D], PyTorch's layout, where JAX has [D, V]); their gradients are
+    # transposed back before the check.
+    torch_transposed: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +230,7 @@ class CaseSpec:
 
     loss: str
     build: Callable[[], Case]
+    gpu_row: bool = False  # one of the GPU set's own rows (Sizes.fused_linear, ...)
 
 
 # ---------------------------------------------------------------------------------
@@ -186,14 +258,124 @@ class _Inputs:
         return tensor.to(getattr(self.torch, dtype)) if dtype is not None else tensor
 
 
+def gpu_case_specs(sizes: Sizes, data: _Inputs, torch: ModuleType | None,
+                   kernels: Mapping[str, ModuleType]) -> list[CaseSpec]:
+    """The GPU set's own rows (none where ``sizes`` has none), in bfloat16 unless said.
+
+    ``kernels`` maps "liger" / "cce" to ``liger_kernel.transformers`` /
+    ``cut_cross_entropy`` where they were imported. The calls below follow their APIs
+    (liger-kernel 0.8, cut-cross-entropy 25.1) but have run only with stand-ins here,
+    on the CPU; the real kernels need CUDA.
+    """
+    F: Any = None if torch is None else torch.nn.functional
+    liger, cce = kernels.get("liger"), kernels.get("cce")
+    specs: list[CaseSpec] = []
+
+    if sizes.fused_linear is not None:
+        n, d, v = sizes.fused_linear
+
+        def build_fused_linear(n: int = n, d: int = d, v: int = v) -> Case:
+            hidden = data.normal((n, d))
+            weight = data.normal((d, v), scale=d**-0.5)
+            labels = data.rng.integers(0, v, n).astype(np.int32)
+            # The kernels' objective is the sum of the losses, like everyone's here (the
+            # libraries' default is the mean: the same kernels, gradients scaled by 1/N).
+            fused: dict[str, Callable[..., Any]] = {}
+            if liger is not None:
+                liger_loss = liger.LigerFusedLinearCrossEntropyLoss(reduction="sum")
+                fused["liger"] = lambda h, w, y: liger_loss(w, h, y)  # weight [V, D] first
+            if cce is not None:
+                fused["cce"] = lambda h, w, y: cce.linear_cross_entropy(
+                    h, w, y, reduction="sum", filter_eps=None)  # exact
+                fused["cce_filtered"] = lambda h, w, y: cce.linear_cross_entropy(
+                    h, w, y, reduction="sum")  # the default filter_eps="auto": approximate
+            return Case(
+                "linear_softmax_cross_entropy", f"N={n} D={d} V={v}", "bfloat16",
+                jaxloss.linear_softmax_cross_entropy,
+                lambda h, w, y: optax.losses.softmax_cross_entropy_with_integer_labels(
+                    h @ w, y),
+                (data.jax(hidden, "bfloat16"), data.jax(weight, "bfloat16"),
+                 data.jax(labels)),
+                argnums=(0, 1),
+                torch=lambda h, w, y: F.cross_entropy(h @ w.T, y, reduction="none"),
+                torch_args=(data.to_torch(hidden, "bfloat16"),
+                            data.to_torch(np.ascontiguousarray(weight.T), "bfloat16"),
+                            data.to_torch(labels.astype(np.int64))),
+                torch_transposed=(1,), kernels=fused,
+                floor=lambda h, w, y: h @ w, floor_label="one matmul", floor_modes=MODES,
+                note="jaxloss's default chunk; optax on the bf16 logits hidden @ weight; "
+                     "PyTorch, Liger and CCE with the weight [V, D] (PyTorch: "
+                     "cross_entropy(h @ w.T)); gradient w.r.t. hidden and weight; ref: one "
+                     "matmul hidden @ weight")
+        specs.append(CaseSpec("linear_softmax_cross_entropy", build_fused_linear, True))
+
+    if sizes.integer_ce is not None:
+        n, v = sizes.integer_ce
+        for dtype in ("bfloat16", "float32"):
+            def build_integer(n: int = n, v: int = v, dtype: str = dtype) -> Case:
+                logits = data.normal((n, v), scale=2.0)
+                labels = data.rng.integers(0, v, n).astype(np.int32)
+                # Liger's kernel writes the gradient over its input logits (its own copy
+                # here): the timed calls after the first see other values, in the same time.
+                ce = {} if liger is None else {
+                    "liger": liger.LigerCrossEntropyLoss(reduction="sum")}
+                return Case("softmax_cross_entropy_with_integer_labels", f"N={n} V={v}",
+                            dtype, jaxloss.softmax_cross_entropy_with_integer_labels,
+                            optax.losses.softmax_cross_entropy_with_integer_labels,
+                            (data.jax(logits, dtype), data.jax(labels)),
+                            torch=lambda x, y: F.cross_entropy(x, y, reduction="none"),
+                            torch_args=(data.to_torch(logits, dtype),
+                                        data.to_torch(labels.astype(np.int64))),
+                            floor=_write_floor, kernels=ce)
+            specs.append(CaseSpec("softmax_cross_entropy_with_integer_labels", build_integer,
+                                  True))
+
+    if sizes.clip is not None:
+        b, d, chunk = sizes.clip
+
+        def optax_clip(q: jax.Array, k: jax.Array) -> jax.Array:
+            scores = (q @ k.T) / TEMPERATURE
+            labels = jnp.arange(scores.shape[0])
+            ce = optax.losses.softmax_cross_entropy_with_integer_labels
+            return 0.5 * (ce(scores, labels) + ce(scores.T, labels))
+
+        def torch_clip(q: Any, k: Any) -> Any:  # CLIP's loss, per pair
+            scores = q @ k.T / TEMPERATURE
+            labels = torch.arange(scores.shape[0], device=scores.device)
+            return 0.5 * (F.cross_entropy(scores, labels, reduction="none")
+                          + F.cross_entropy(scores.T, labels, reduction="none"))
+
+        for chunk_size in (chunk, None):
+            name = "info_nce(symmetric=True" + (
+                f", chunk_size={chunk_size})" if chunk_size else ")")
+
+            def build_clip(b: int = b, d: int = d, chunk_size: int | None = chunk_size,
+                           name: str = name) -> Case:
+                pair = []
+                for _ in range(2):  # unit rows, as CLIP normalizes its embeddings
+                    x = data.normal((b, d))
+                    pair.append(x / np.linalg.norm(x, axis=-1, keepdims=True))
+                return Case(name, f"B={b} D={d}", "bfloat16",
+                            functools.partial(jaxloss.info_nce, temperature=TEMPERATURE,
+                                              symmetric=True, chunk_size=chunk_size),
+                            optax_clip, tuple(data.jax(x, "bfloat16") for x in pair),
+                            argnums=(0, 1), torch=torch_clip,
+                            torch_args=tuple(data.to_torch(x, "bfloat16") for x in pair),
+                            note="optax: cross-entropy of the B×B scores both ways; "
+                                 "PyTorch: CLIP's loss; gradient w.r.t. both sides")
+            specs.append(CaseSpec(name, build_clip, True))
+    return specs
+
+
 def case_specs(
-    sizes: Sizes, torch: ModuleType | None, torch_device: str | None, seed: int = 0
+    sizes: Sizes, torch: ModuleType | None, torch_device: str | None, seed: int = 0,
+    kernels: Mapping[str, ModuleType] | None = None,
 ) -> list[CaseSpec]:
-    """Every row of the benchmark, in table order."""
+    """Every row of the benchmark, in table order: the GPU set's own rows first."""
     data = _Inputs(seed, torch, torch_device)
+    specs = gpu_case_specs(sizes, data, torch, kernels or {})
     # torch.nn.functional; the PyTorch lambdas below are called only when it exists.
     F: Any = None if torch is None else torch.nn.functional
-    specs: list[CaseSpec] = []
 
     n, d = sizes.elementwise
     regression: list[tuple[str, Callable[..., Any], Callable[..., Any], Any]] = [
@@ -338,18 +520,47 @@ def _objective(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     return lambda *args: jnp.sum(loss(*args).astype(jnp.float32))
 
 
-def _compile(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Callable[[], Any], int | None]:
-    """The ahead-of-time compiled ``fn`` as a blocking thunk, and its temp bytes."""
-    compiled = jax.jit(fn).lower(*args).compile()
+@dataclasses.dataclass
+class Compiled:
+    """An ahead-of-time compiled JAX function on its arguments."""
+
+    call: Callable[[], Any]  # blocking
+    temp_bytes: int | None
+    executable: Any  # jax.stages.Compiled
+    seconds: float  # lowering and compiling
+
+
+def matmul_precision(dtype: str) -> str | None:
+    """JAX's matmul precision for a row: "highest" (true float32) for float32 rows off
+    the CPU, None (JAX's default) otherwise.
+
+    On NVIDIA GPUs JAX's default multiplies float32 in TF32 (about 1e-3 relative),
+    PyTorch's in float32; the float32 rows compare, and check to 1e-4, the libraries
+    on the same products. The CPU multiplies float32 exactly at any setting, and
+    bfloat16 inputs are exact in any precision."""
+    return "highest" if dtype == "float32" and jax.default_backend() != "cpu" else None
+
+
+def _compile(fn: Callable[..., Any], args: tuple[Any, ...],
+             precision: str | None = None) -> Compiled:
+    """The ahead-of-time compiled ``fn``, with its temp bytes; traced with
+    ``jax.default_matmul_precision(precision)`` (None: JAX's default)."""
+    start = time.perf_counter()
+    with (contextlib.nullcontext() if precision is None
+          else jax.default_matmul_precision(precision)):
+        compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     temp = None if stats is None else int(stats.temp_size_in_bytes)
-    return (lambda: jax.block_until_ready(compiled(*args))), temp
+    return Compiled(lambda: jax.block_until_ready(compiled(*args)), temp, compiled, seconds)
 
 
-def _torch_calls(case: Case, torch: ModuleType, device: str) -> dict[str, Callable[[], Any]]:
-    """PyTorch's forward (no autograd graph) and value-and-gradient, as blocking thunks."""
-    assert case.torch is not None
-    fn = case.torch
+def _torch_calls(fn: Callable[..., Any], case: Case, torch: ModuleType,
+                 device: str) -> dict[str, Callable[[], Any]]:
+    """PyTorch's forward (no autograd graph) and value-and-gradient, as blocking thunks.
+
+    The differentiated arguments are copied for each library, so a kernel that writes
+    over its inputs (Liger's cross-entropy) changes only its own."""
     leaves = list(case.torch_args)
     for i in case.argnums:
         leaves[i] = leaves[i].detach().clone().requires_grad_(True)
@@ -374,6 +585,81 @@ def _torch_calls(case: Case, torch: ModuleType, device: str) -> dict[str, Callab
     return {"forward": forward, "value_and_grad": value_and_grad}
 
 
+def _torch_peak_bytes(torch: ModuleType, call: Callable[[], Any]) -> int:
+    """The most CUDA memory PyTorch allocated during ``call()`` above what was allocated
+    before it (the inputs), outputs included."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = call()  # synchronizes
+    peak = torch.cuda.max_memory_allocated() - before
+    del result
+    return int(peak)
+
+
+def jax_peak_bytes(call: Callable[[], Any], device: Any) -> int | None:
+    """The peak device memory in use during ``call()`` above what was in use before it
+    (the inputs), outputs included, from ``device.memory_stats()``; None where the
+    device keeps no such statistics (the CPU).
+
+    The peak cannot be reset: this is the call's own only in a process where nothing
+    used more before it, hence one fresh process per function (``_jax_peak_in_child``).
+    """
+    stats = device.memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats or "bytes_in_use" not in stats:
+        return None
+    before = int(stats["bytes_in_use"])
+    result = call()  # blocking; kept until the peak is read, as the outputs count
+    peak = int(device.memory_stats()["peak_bytes_in_use"]) - before
+    del result
+    return peak
+
+
+def peak_of(path: Path, device: Any = None) -> dict[str, Any]:
+    """In a fresh process (``run.py --peak-of PATH``): loads the executable that
+    ``_jax_peak_in_child`` wrote, calls it once on zeros of its arguments' shapes (the
+    memory does not depend on the values) and returns its ``jax_peak_bytes``."""
+    serialized, in_tree, out_tree, shapes = pickle.loads(Path(path).read_bytes())
+    default = jax.devices()[0]  # where the parent compiled it
+    compiled = serialize_executable.deserialize_and_load(
+        serialized, in_tree, out_tree, execution_devices=[default])
+    args = [jax.block_until_ready(jnp.zeros(shape, dtype, device=default))
+            for shape, dtype in shapes]
+    device = default if device is None else device
+    return {"peak_bytes": jax_peak_bytes(
+        lambda: jax.block_until_ready(compiled(*args)), device)}
+
+
+def _jax_peak_in_child(executable: Any, args: Sequence[Any]) -> int | None:
+    """``jax_peak_bytes`` of a compiled function, measured in a fresh process (none on a
+    backend without memory statistics); None, with a message, where that fails."""
+    serialized, in_tree, out_tree = serialize_executable.serialize(executable)
+    shapes = [(tuple(a.shape), str(a.dtype)) for a in args]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "executable.pickle"
+        path.write_bytes(pickle.dumps((serialized, in_tree, out_tree, shapes)))
+        # Not preallocating, so that it fits beside this process's memory.
+        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        stderr = ""
+        try:
+            done = subprocess.run([sys.executable, str(SCRIPT), "--peak-of", str(path)],
+                                  capture_output=True, text=True, env=env, timeout=600)
+            stderr = done.stderr
+            return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
+        except (subprocess.SubprocessError, IndexError, KeyError, ValueError) as error:
+            print(f"peak memory not measured: {error!r}\n{stderr[-2000:]}", file=sys.stderr,
+                  flush=True)
+            return None
+
+
+def _has_memory_stats() -> bool:
+    """Whether JAX's default device reports memory statistics (GPUs do, the CPU not)."""
+    try:
+        return jax.devices()[0].memory_stats() is not None
+    except Exception:  # noqa: BLE001  (an unimplemented method raises on some backends)
+        return False
+
+
 class MismatchError(Exception):
     """Two libraries' losses, values or gradients for one row differ beyond tolerance."""
 
@@ -394,14 +680,27 @@ def _parts(mode: str, argnums: Sequence[int]) -> list[str]:
     return ["the value", *(f"the gradient w.r.t. argument {i}" for i in argnums)]
 
 
+def _untranspose(output: Any, mode: str, case: Case) -> Any:
+    """A PyTorch value_and_grad result with the gradients of ``case.torch_transposed``
+    arguments transposed to the JAX layout."""
+    if mode != "value_and_grad" or not case.torch_transposed:
+        return output
+    value, grads = output
+    return value, tuple(g.T if i in case.torch_transposed else g
+                        for i, g in zip(case.argnums, grads, strict=True))
+
+
 def compare(outputs: Mapping[str, Any], *, row: str, mode: str, dtype: str,
-            argnums: Sequence[int] = (0,)) -> list[str]:
+            argnums: Sequence[int] = (0,), approximate: Collection[str] = (),
+            differences: dict[str, dict[str, float]] | None = None) -> list[str]:
     """What differs between each library's result and jaxloss's; empty when they agree.
 
     ``outputs`` maps a library to its result for one mode (the forward's losses, or
     ``(value, gradients)``). Two arrays agree when their largest absolute difference is
     at most ``TOLERANCES[dtype]`` times the largest magnitude of either; a shape that
-    differs or a value that is not finite is a mismatch too.
+    differs or a value that is not finite is a mismatch too. The libraries in
+    ``approximate`` are checked for shapes and finiteness only; their differences,
+    relative to the largest magnitude, go to ``differences[library][part]``.
     """
     rtol = TOLERANCES[dtype]
     parts = _parts(mode, argnums)
@@ -426,7 +725,11 @@ def compare(outputs: Mapping[str, Any], *, row: str, mode: str, dtype: str,
                 scale = max(float(np.max(np.abs(a), initial=0)),
                             float(np.max(np.abs(b), initial=0)))
                 error = float(np.max(np.abs(a - b), initial=0))
-                if error > rtol * scale:
+                if library in approximate:
+                    if differences is not None:
+                        differences.setdefault(library, {})[part] = (
+                            error / scale if scale > 0 else 0.0)
+                elif error > rtol * scale:
                     problems.append(
                         f"{where}, {part}: max |difference| {error:.3g} > {rtol:g} "
                         f"({dtype}) x max |value| {scale:.3g}")
@@ -466,9 +769,14 @@ def measure(calls: Mapping[str, Callable[[], Any]], timing: Timing,
 
 
 def run_case(
-    case: Case, timing: Timing, torch: ModuleType | None, torch_device: str | None
+    case: Case, timing: Timing, torch: ModuleType | None, torch_device: str | None,
+    *, jax_peaks: bool = False,
 ) -> dict[str, Any]:
     """Times and memory of one row, as a JSON-ready dict.
+
+    ``jax_peaks``: measure jaxloss's and optax's peak memory, each function in a fresh
+    process (on a backend with memory statistics). PyTorch's libraries' peaks are
+    measured where they run on CUDA.
 
     Raises:
       MismatchError: optax or PyTorch disagrees with jaxloss on the row's inputs (the
@@ -476,37 +784,76 @@ def run_case(
     """
     row: dict[str, Any] = {"loss": case.loss, "shape": case.shape, "dtype": case.dtype,
                            "note": case.note}
+    if case.floor is not None:
+        row["floor"] = case.floor_label
+    precision = matmul_precision(case.dtype)
+    if precision is not None:
+        row["matmul_precision"] = precision
     functions = {"jaxloss": case.jaxloss, "optax": case.optax}
-    torch_calls = (_torch_calls(case, torch, torch_device)
-                   if torch is not None and torch_device is not None and case.torch is not None
-                   else None)
+    # PyTorch and its GPU kernels: library -> {mode: thunk}.
+    torch_calls: dict[str, dict[str, Callable[[], Any]]] = {}
+    if torch is not None and torch_device is not None:
+        if case.torch is not None:
+            torch_calls["torch"] = _torch_calls(case.torch, case, torch, torch_device)
+        for library, fn in case.kernels.items():
+            torch_calls[library] = {"value_and_grad": _torch_calls(
+                fn, case, torch, torch_device)["value_and_grad"]}
+    on_cuda = torch_device is not None and torch_device.startswith("cuda")
+    differences: dict[str, dict[str, float]] = {}
     for mode in MODES:
         calls: dict[str, Callable[[], Any]] = {}
-        temps: dict[str, int | None] = {}
+        compiled: dict[str, Compiled] = {}
         for library, fn in functions.items():
             if mode == "value_and_grad":
                 fn = jax.value_and_grad(_objective(fn), argnums=case.argnums)
-            calls[library], temps[library] = _compile(fn, case.args)
-        if torch_calls is not None:
-            calls["torch"] = torch_calls[mode]
-        if mode == "value_and_grad" and case.floor is not None:
-            calls["floor"] = _compile(case.floor, case.args)[0]
+            compiled[library] = _compile(fn, case.args, precision)
+            calls[library] = compiled[library].call
+            if compiled[library].seconds > SLOW_COMPILE_S:
+                print(f"slow compile: {case.loss} {case.shape} {case.dtype}, {library} "
+                      f"{mode}: {compiled[library].seconds:.0f} s", file=sys.stderr,
+                      flush=True)
+        for library, thunks in torch_calls.items():
+            if mode in thunks:
+                calls[library] = thunks[mode]
+        if case.floor is not None and mode in case.floor_modes:
+            calls["floor"] = _compile(case.floor, case.args, precision).call
 
         def check(results: dict[str, Any], mode: str = mode) -> None:
-            problems = compare({k: v for k, v in results.items() if k in LIBRARIES},
-                               row=f"{case.loss} {case.shape} {case.dtype}", mode=mode,
-                               dtype=case.dtype, argnums=case.argnums)
+            outputs = {library: result if library in functions
+                       else _untranspose(result, mode, case)
+                       for library, result in results.items() if library != "floor"}
+            problems = compare(outputs, row=f"{case.loss} {case.shape} {case.dtype}",
+                               mode=mode, dtype=case.dtype, argnums=case.argnums,
+                               approximate=APPROXIMATE, differences=differences)
             if problems:
                 raise MismatchError("\n".join(problems))
 
         seconds = measure(calls, timing, check)
+        peaks: dict[str, int | None] = {}
+        if jax_peaks:
+            if on_cuda:
+                assert torch is not None
+                torch.cuda.empty_cache()  # room for the fresh process
+            for library in functions:
+                peaks[library] = _jax_peak_in_child(compiled[library].executable, case.args)
+        if on_cuda:
+            assert torch is not None
+            for library, thunks in torch_calls.items():
+                if mode in thunks:
+                    peaks[library] = _torch_peak_bytes(torch, thunks[mode])
+        others = (*LIBRARIES, *case.kernels)
         row[mode] = {
-            **{f"{library}_s": seconds.get(library) for library in LIBRARIES},
+            **{f"{library}_s": seconds.get(library) for library in others},
             "floor_s": seconds.get("floor"),
             "ratio": seconds["jaxloss"] / seconds["optax"],
-            "jaxloss_temp_bytes": temps["jaxloss"],
-            "optax_temp_bytes": temps["optax"],
+            "jaxloss_temp_bytes": compiled["jaxloss"].temp_bytes,
+            "optax_temp_bytes": compiled["optax"].temp_bytes,
+            **{f"{library}_peak_bytes": peaks.get(library) for library in others},
+            **{f"{library}_compile_s": round(compiled[library].seconds, 3)
+               for library in functions},
         }
+    if differences:
+        row["approximate"] = differences
     return row
 
 
@@ -532,8 +879,11 @@ def _cpu_model() -> str:
 
 
 def environment(mode: str, sizes: str, torch: ModuleType | None,
-                torch_device: str | None) -> dict[str, Any]:
-    """Where and with what the numbers were taken."""
+                torch_device: str | None, kernels: Mapping[str, str] | None = None,
+                jax_peaks: str = "none") -> dict[str, Any]:
+    """Where and with what the numbers were taken. ``kernels`` maps "liger" / "cce" to
+    their version or why they did not run ({} where their columns are left out);
+    ``jax_peaks``: the rows whose JAX peak memory was measured (``--jax-peaks``)."""
     device = jax.devices()[0]
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -552,6 +902,8 @@ def environment(mode: str, sizes: str, torch: ModuleType | None,
         "jaxloss": jaxloss.__version__,
         "torch": None if torch is None else torch.__version__,
         "torch_device": torch_device,
+        "kernels": dict(kernels or {}),
+        "jax_peaks": jax_peaks,
     }
 
 
@@ -569,18 +921,46 @@ def _mib(size: int | None) -> str:
     return DASH if size is None else f"{size / 2**20:.3g}"
 
 
-def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-             mismatches: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The results as a Markdown report; ``mismatches`` are the rows not timed."""
+def _tolerances() -> str:
+    return ", ".join(f"{rtol:g} ({dtype})" for dtype, rtol in TOLERANCES.items())
+
+
+def _header(env: Mapping[str, Any], title: str) -> list[str]:
     torch = f"{env['torch']} ({env['torch_device']})" if env["torch"] else "not installed"
-    lines = [
-        f"# jaxloss vs optax: {env['backend']} ({env['device']})",
+    return [
+        f"# {title}: {env['backend']} ({env['device']})",
         "",
         f"{env['date']}, {env['mode']} run, {env['sizes']} sizes, {env['seconds']} s. "
         f"{env['os']}; {env['cpu']}, "
         f"{env['cpu_count']} CPUs; {env['device_count']} {env['backend']} device(s).",
         f"jax {env['jax']}, jaxlib {env['jaxlib']}, optax {env['optax']}, "
         f"jaxloss {env['jaxloss']}, PyTorch {torch}, Python {env['python']}.",
+    ]
+
+
+def _trailer(rows: Sequence[Mapping[str, Any]],
+             mismatches: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    notes = [f"- `{row['loss']}` {row['shape']}: {row['note']}." for row in rows if row["note"]]
+    if notes:
+        lines += ["", *dict.fromkeys(notes)]
+    if mismatches:
+        lines += ["", "## Mismatches (not timed)", "",
+                  "These rows' libraries disagree on the same inputs, so their times would "
+                  "compare different computations:", ""]
+        lines += [f"- `{m['loss']}` {m['shape']} {m['dtype']}: "
+                  + "; ".join(m["mismatch"].splitlines()) for m in mismatches]
+    return lines
+
+
+def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+             mismatches: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The results as a Markdown report; ``mismatches`` are the rows not timed. The GPU
+    set's report (``gpu_markdown``) has its own layout."""
+    if env["sizes"] in GPU_SETS:
+        return gpu_markdown(env, rows, mismatches)
+    lines = [
+        *_header(env, "jaxloss vs optax"),
         "",
         "Median milliseconds per call of the forward pass (the per-example losses) and of "
         "`value_and_grad` of their sum with respect to the first argument; **ratio** is "
@@ -589,8 +969,7 @@ def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         "time of writing a fresh array the size of the gradient (`-logits`), the least "
         "any value_and_grad must do. Every row was checked before it was timed: optax's "
         "and PyTorch's losses, values and gradients agree with jaxloss's to "
-        + ", ".join(f"{rtol:g} ({dtype})" for dtype, rtol in TOLERANCES.items())
-        + " of the largest magnitude.",
+        + _tolerances() + " of the largest magnitude.",
         "",
         "| loss | shape | dtype | fwd jaxloss | fwd optax | fwd torch | fwd ratio "
         "| v&g jaxloss | v&g optax | v&g torch | v&g ratio | v&g floor | fwd temp "
@@ -610,15 +989,101 @@ def markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
             cells.append(f"{_mib(result['jaxloss_temp_bytes'])} / "
                          f"{_mib(result['optax_temp_bytes'])}")
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"- `{row['loss']}` {row['shape']}: {row['note']}." for row in rows if row["note"]]
-    if notes:
-        lines += ["", *dict.fromkeys(notes)]
-    if mismatches:
-        lines += ["", "## Mismatches (not timed)", "",
-                  "These rows' libraries disagree on the same inputs, so their times would "
-                  "compare different computations:", ""]
-        lines += [f"- `{m['loss']}` {m['shape']} {m['dtype']}: "
-                  + "; ".join(m["mismatch"].splitlines()) for m in mismatches]
+    lines += _trailer(rows, mismatches)
+    return "\n".join(lines) + "\n"
+
+
+def _kernel_line(kernels: Mapping[str, str]) -> str:
+    if not kernels:
+        return ("Liger and Cut Cross-Entropy: left out (their kernels need PyTorch on "
+                "CUDA).")
+    return f"Liger {kernels.get('liger', DASH)}, Cut Cross-Entropy {kernels.get('cce', DASH)}."
+
+
+def gpu_markdown(env: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                 mismatches: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The GPU set's report: a time table and a memory table, one line per row and pass
+    (fwd, v&g), with Liger's and Cut Cross-Entropy's columns where ``env["kernels"]``
+    names them."""
+    kernels = env.get("kernels", {})
+    columns = [*LIBRARIES, *(KERNEL_COLUMNS if kernels else ())]
+    titles = [TITLES[library] for library in columns]
+    passes = {"forward": "fwd", "value_and_grad": "v&g"}
+    approximate = [TITLES[library] for library in columns if library in APPROXIMATE]
+    jax_peaks = env.get("jax_peaks", "none")
+    peak_source = (
+        "jaxloss and optax: not measured (no memory statistics on this backend, or "
+        "`--jax-peaks none`)" if jax_peaks == "none" else
+        "jaxloss and optax each in a fresh process, from "
+        "`device.memory_stats()[\"peak_bytes_in_use\"]` (which cannot be reset)"
+        + (", on the GPU rows (`--jax-peaks all` for every row)"
+           if jax_peaks == "gpu-rows" else ""))
+    lines = [
+        *_header(env, "jaxloss vs optax, PyTorch, Liger and Cut Cross-Entropy"),
+        _kernel_line(kernels),
+        "",
+        "Every row was checked before it was timed: "
+        + ("optax's, PyTorch's, Liger's and CCE's" if kernels else "optax's and PyTorch's")
+        + " losses, values and gradients agree with jaxloss's to " + _tolerances()
+        + " of the largest magnitude"
+        + (f", except **{', '.join(approximate)}** (Cut Cross-Entropy with its default "
+           "gradient filter), approximate by design: its largest differences are listed "
+           "below the tables, not checked." if approximate else "."),
+        "",
+        "## Time",
+        "",
+        "Median milliseconds per call. **fwd**: the per-example losses; **v&g**: the "
+        "value and gradients of their sum (with respect to the first argument, or as the "
+        "notes say). **ref**: `-x` on the cross-entropy rows (writing an array the size "
+        "of the gradient, the least a value_and_grad must do), one matmul "
+        "`hidden @ weight` on the bf16 linear row. **ratio**: jaxloss / optax (below 1: "
+        "jaxloss is faster)."
+        + (" The float32 rows' JAX matmuls ran at precision \"highest\" (true float32, "
+           "PyTorch's default) instead of JAX's default (TF32 on NVIDIA GPUs)."
+           if env["backend"] != "cpu" else "")
+        + (" Liger and CCE are timed in v&g only (their forward computes the gradients)."
+           if kernels else ""),
+        "",
+        "| loss | shape | dtype | pass | " + " | ".join(titles) + " | ref | ratio |",
+        "| --- | --- | --- | --- |" + " ---: |" * (len(columns) + 2),
+    ]
+    for row in rows:
+        for mode, short in passes.items():
+            result = row[mode]
+            cells = [f"`{row['loss']}`", row["shape"], row["dtype"], short,
+                     *(_ms(result.get(f"{library}_s")) for library in columns),
+                     _ms(result.get("floor_s")), f"**{result['ratio']:.2f}**"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Memory",
+        "",
+        "MiB. **temp**: XLA's temporary memory for the compiled function "
+        "(`memory_analysis().temp_size_in_bytes`). **peak**: the most device memory in "
+        "use during one call above what was in use before it (the inputs), outputs "
+        f"included: {peak_source}; PyTorch's libraries from "
+        "`torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`, where "
+        "they run on CUDA. —: not measured or not run.",
+        "",
+        "| loss | shape | dtype | pass | temp jaxloss | temp optax | "
+        + " | ".join(f"peak {title}" for title in titles) + " |",
+        "| --- | --- | --- | --- |" + " ---: |" * (len(columns) + 2),
+    ]
+    for row in rows:
+        for mode, short in passes.items():
+            result = row[mode]
+            cells = [f"`{row['loss']}`", row["shape"], row["dtype"], short,
+                     _mib(result.get("jaxloss_temp_bytes")), _mib(result.get("optax_temp_bytes")),
+                     *(_mib(result.get(f"{library}_peak_bytes")) for library in columns)]
+            lines.append("| " + " | ".join(cells) + " |")
+    approximations = [
+        f"- **{TITLES[library]}** on `{row['loss']}` {row['shape']} {row['dtype']}: "
+        "largest |difference| from jaxloss, relative to the largest magnitude: "
+        + ", ".join(f"{part} {value:.2g}" for part, value in parts.items()) + "."
+        for row in rows for library, parts in row.get("approximate", {}).items()]
+    if approximations:
+        lines += ["", "## Approximate results (not checked)", "", *approximations]
+    lines += _trailer(rows, mismatches)
     return "\n".join(lines) + "\n"
 
 
@@ -700,6 +1165,38 @@ def _import_torch(enabled: bool) -> tuple[ModuleType | None, str | None]:
     return torch, None  # no PyTorch build for this accelerator: the column stays empty
 
 
+def _import_kernels(torch: ModuleType | None,
+                    torch_device: str | None) -> tuple[dict[str, ModuleType], dict[str, str]]:
+    """Liger and Cut Cross-Entropy, imported where they can run (PyTorch on CUDA), and
+    each one's version or why it does not run. Where JAX's backend is not a GPU and
+    PyTorch is not on CUDA, both are empty: their columns are left out."""
+    on_cuda = torch is not None and torch_device is not None and torch_device.startswith("cuda")
+    if not on_cuda:
+        if jax.default_backend() != "gpu":
+            return {}, {}
+        return {}, {name: "not run (needs PyTorch with CUDA)" for name in KERNEL_MODULES}
+    modules: dict[str, ModuleType] = {}
+    status: dict[str, str] = {}
+    for name, module in KERNEL_MODULES.items():
+        try:
+            modules[name] = importlib.import_module(module)
+        except ImportError:
+            status[name] = "not installed"
+        except Exception as error:  # noqa: BLE001  (a broken Triton, say: report it, go on)
+            status[name] = f"not importable ({type(error).__name__}: {error})"
+        else:
+            status[name] = _version(KERNEL_PACKAGES[name]) or "installed"
+    return modules, status
+
+
+def default_sizes(backend: str, quick: bool) -> str:
+    """The size set when ``--sizes`` is not given: the GPU set on a GPU, else the CPU's
+    ('quick' with ``--quick``, else 'full')."""
+    if backend == "gpu":
+        return "gpu"
+    return "quick" if quick else "full"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -710,44 +1207,70 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--filter", default=None, metavar="REGEX",
                         help="only the losses whose name matches REGEX, e.g. 'softmax'")
     parser.add_argument("--sizes", choices=sorted(SIZES), default=None,
-                        help="default: 'quick' with --quick, else 'full'; 'tiny': every loss "
-                        "once at a toy size, timed 3 times (a smoke test)")
+                        help="default: 'gpu' where JAX's backend is a GPU, else 'quick' with "
+                        "--quick, else 'full'; 'gpu': the GPU rows (linear cross-entropy "
+                        "V=256000, cross-entropy V=131072, InfoNCE B=32768, with Liger and "
+                        "Cut Cross-Entropy) and every --quick row; 'tiny' and 'gpu-tiny': "
+                        "the same rows at toy sizes, timed 3 times (smoke tests)")
     parser.add_argument("--no-torch", action="store_true",
-                        help="leave PyTorch out even when it is installed")
+                        help="leave PyTorch (and Liger and Cut Cross-Entropy) out even when "
+                        "installed")
+    parser.add_argument("--jax-peaks", choices=("gpu-rows", "all", "none"),
+                        default="gpu-rows",
+                        help="the rows whose jaxloss and optax peak memory is measured, "
+                        "one fresh process per function and pass, a few seconds each, on a "
+                        "backend with memory statistics (default: the GPU set's own rows)")
+    # Internal: the fresh process that measures one compiled function's peak memory.
+    parser.add_argument("--peak-of", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def iter_rows(specs: Sequence[CaseSpec], timing: Timing, torch: ModuleType | None,
-              torch_device: str | None) -> Iterator[dict[str, Any]]:
+              torch_device: str | None, *, jax_peaks: str = "none") -> Iterator[dict[str, Any]]:
     """Builds, measures and frees one row at a time. A row whose libraries disagree
-    comes back untimed, as ``{"loss", "shape", "dtype", "note", "mismatch"}``."""
+    comes back untimed, as ``{"loss", "shape", "dtype", "note", "mismatch"}``.
+    ``jax_peaks``: "gpu-rows", "all" or "none", the rows whose JAX peaks are measured."""
     for spec in specs:
         case = spec.build()
+        peaks = jax_peaks == "all" or (jax_peaks == "gpu-rows" and spec.gpu_row)
         try:
-            row = run_case(case, timing, torch, torch_device)
+            row = run_case(case, timing, torch, torch_device, jax_peaks=peaks)
         except MismatchError as error:
             row = {"loss": case.loss, "shape": case.shape, "dtype": case.dtype,
                    "note": case.note, "mismatch": str(error)}
         del case
+        gc.collect()
+        if torch is not None and torch_device is not None and torch_device.startswith("cuda"):
+            torch.cuda.empty_cache()  # leave the GPU's memory to the next row's JAX arrays
         yield row
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peak_of is not None:
+        print(json.dumps(peak_of(args.peak_of)))
+        return 0
+    # Before JAX starts its backend (no effect once it has): JAX and PyTorch, and the
+    # peak-memory processes, share the GPU, so JAX takes memory as it needs it instead
+    # of 75 % of the GPU up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     mode = "quick" if args.quick else "full"
-    sizes = args.sizes or mode
-    timing = TIMINGS["smoke" if sizes == "tiny" else mode]
+    sizes = args.sizes or default_sizes(jax.default_backend(), args.quick)
+    timing = TIMINGS["smoke" if sizes in ("tiny", "gpu-tiny") else mode]
     torch, torch_device = _import_torch(not args.no_torch)
-    specs = case_specs(SIZES[sizes], torch, torch_device)
+    kernels, kernel_status = (_import_kernels(torch, torch_device) if sizes in GPU_SETS
+                              else ({}, {}))
+    jax_peaks = args.jax_peaks if _has_memory_stats() else "none"
+    specs = case_specs(SIZES[sizes], torch, torch_device, kernels=kernels)
     if args.filter is not None:
         specs = [spec for spec in specs if re.search(args.filter, spec.loss)]
         if not specs:
             print(f"no loss matches --filter {args.filter!r}", file=sys.stderr)
             return 2
-    env = environment(mode, sizes, torch, torch_device)
+    env = environment(mode, sizes, torch, torch_device, kernel_status, jax_peaks)
     started = time.perf_counter()
     rows, mismatches = [], []
-    for row in iter_rows(specs, timing, torch, torch_device):
+    for row in iter_rows(specs, timing, torch, torch_device, jax_peaks=jax_peaks):
         label = f"{row['loss']:<42} {row['shape']:<22} {row['dtype']:<9}"
         if "mismatch" in row:
             mismatches.append(row)
