@@ -25,7 +25,24 @@ from jaxloss.contrastive import (
     siglip_loss,
     triplet_margin_loss,
 )
+from jaxloss.divergence import (
+    convex_kl_divergence,
+    generalized_kl_divergence,
+    kl_divergence,
+    kl_divergence_with_log_targets,
+)
+from jaxloss.focal import (
+    poly_loss_cross_entropy,
+    safe_softmax_cross_entropy,
+    sigmoid_focal_loss,
+)
 from jaxloss.large_vocab import linear_softmax_cross_entropy
+from jaxloss.margin import (
+    hinge_loss,
+    multiclass_hinge_loss,
+    multiclass_perceptron_loss,
+    perceptron_loss,
+)
 from jaxloss.regression import (
     huber_loss,
     l2_loss,
@@ -35,6 +52,8 @@ from jaxloss.regression import (
     mse,
     squared_error,
 )
+from jaxloss.similarity import cosine_distance, cosine_similarity, log_cosh
+from jaxloss.smoothing import smooth_labels
 
 __version__ = "0.1.0"
 
@@ -45,20 +64,35 @@ __all__ = [
     "checked",
     "contrastive_loss",
     "contrastive_loss_from_distance",
+    "convex_kl_divergence",
+    "cosine_distance",
+    "cosine_similarity",
+    "generalized_kl_divergence",
+    "hinge_loss",
     "huber_loss",
     "info_nce",
+    "kl_divergence",
+    "kl_divergence_with_log_targets",
     "l2_loss",
     "linear_softmax_cross_entropy",
+    "log_cosh",
     "mae",
     "make_pairs",
     "mean_absolute_error",
     "mean_squared_error",
     "mse",
+    "multiclass_hinge_loss",
+    "multiclass_perceptron_loss",
     "ntxent",
     "pairwise_distance",
+    "perceptron_loss",
+    "poly_loss_cross_entropy",
     "reduce",
-    "sigmoid_binary_cross_entropy",
+    "safe_softmax_cross_entropy",
     "siglip_loss",
+    "sigmoid_binary_cross_entropy",
+    "sigmoid_focal_loss",
+    "smooth_labels",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "squared_error",

@@ -621,6 +621,120 @@ def _ref_linear_ce(h, w, labels, *, bias=None, **kwargs):
     return _ref_integer_ce(x if bias is None else x + bias, labels, **kwargs)
 
 
+def _axes_of(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    return tuple(a % ndim for a in (axis if isinstance(axis, tuple) else (axis,)))
+
+
+def _reduce_rows(terms, axis, where, reduction):
+    """optax's sum over ``axis`` of the selected elements, then ``reduction`` over the
+    examples with an element selected."""
+    axes = _axes_of(axis, terms.ndim)
+    if where is None:
+        return _reduce(jnp.sum(terms, axis=axes), reduction)
+    where = jnp.broadcast_to(where, terms.shape)
+    return _reduce(jnp.sum(jnp.where(where, terms, 0), axis=axes), reduction,
+                   jnp.any(where, axis=axes))
+
+
+def _xlogy_terms(lp, t):
+    """``t (log t - lp)``, 0 (with gradient 0) where ``t = 0``."""
+    zero = t == 0
+    safe_t = jnp.where(zero, 1, t)
+    return jnp.where(zero, 0, safe_t * (jnp.log(safe_t) - jnp.where(zero, 0, lp)))
+
+
+def _ref_kl(lp, t, axis=-1, where=None, *, reduction="none", **_):
+    return _reduce_rows(_xlogy_terms(lp, t), axis, where, reduction)
+
+
+def _ref_kl_log_targets(lp, lt, axis=-1, where=None, *, reduction="none", **_):
+    zero = lt == -jnp.inf
+    safe_lt = jnp.where(zero, 0, lt)
+    terms = jnp.where(zero, 0, jnp.exp(safe_lt) * (safe_lt - jnp.where(zero, 0, lp)))
+    return _reduce_rows(terms, axis, where, reduction)
+
+
+def _ref_generalized_kl(lp, t, axis=-1, where=None, *, reduction="none", **_):
+    return _reduce_rows(_xlogy_terms(lp, t) + jnp.exp(lp) - t, axis, where, reduction)
+
+
+def _ref_log_cosh(p, t=None, *, where=None, reduction="none", **_):
+    e = p if t is None else p - t
+    return _reduce(jnp.logaddexp(e, -e) - jnp.log(2.0), reduction, where)
+
+
+def _ref_cosine(a, b, *, epsilon=0.0, axis=-1, where=None, reduction="none", distance=False,
+                **_):
+    axes = _axes_of(axis, jnp.broadcast_shapes(a.shape, b.shape).__len__())
+    if where is not None:
+        a, b = jnp.where(where, a, 0), jnp.where(where, b, 0)
+
+    def unit(x):
+        squares = jnp.sum(x * x, axis=axes, keepdims=True)
+        zero = squares == 0  # a zero vector: similarity 0, gradient 0 (epsilon 0)
+        norm = jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, squares)))
+        norm = jnp.maximum(norm, jnp.sqrt(epsilon))
+        none = norm == 0
+        return jnp.where(none, 0, x / jnp.where(none, 1, norm))
+
+    s = jnp.sum(unit(a) * unit(b), axis=axes)
+    rows = None if where is None else jnp.any(jnp.broadcast_to(where, a.shape), axis=axes)
+    return _reduce(1 - s if distance else s, reduction, rows)
+
+
+def _ref_cosine_distance(a, b, **kwargs):
+    return _ref_cosine(a, b, distance=True, **kwargs)
+
+
+def _ref_hinge(p, t, *, where=None, reduction="none", **_):
+    z = 1 - p * t
+    return _reduce(jnp.where(z > 0, z, 0), reduction, where)
+
+
+def _ref_perceptron(p, t, *, where=None, reduction="none", **_):
+    z = -p * t
+    return _reduce(jnp.where(z > 0, z, 0), reduction, where)
+
+
+def _ref_multiclass_hinge(s, labels, *, where=None, reduction="none", perceptron=False, **_):
+    one_hot = jax.nn.one_hot(labels, s.shape[-1], dtype=s.dtype)
+    top = jnp.max(s if perceptron else s + 1 - one_hot, axis=-1)
+    return _reduce(top - jnp.sum(s * one_hot, axis=-1), reduction, where)
+
+
+def _ref_multiclass_perceptron(s, labels, **kwargs):
+    return _ref_multiclass_hinge(s, labels, perceptron=True, **kwargs)
+
+
+def _ref_focal(x, y, *, alpha=None, gamma=2.0, where=None, reduction="none", **_):
+    """The textbook focal loss: alpha_t (1 - p_t)^gamma CE (moderate logits only)."""
+    p = jax.nn.sigmoid(x)
+    ce = y * _softplus(-x) + (1 - y) * _softplus(x)
+    losses = ce * ((1 - y) * p + y * (1 - p)) ** gamma
+    if alpha is not None:
+        losses = (alpha * y + (1 - alpha) * (1 - y)) * losses
+    return _reduce(losses, reduction, where)
+
+
+def _ref_poly(x, y, *, epsilon=2.0, where=None, reduction="none", **_):
+    valid = _class_mask(where, x)
+    nll, exists = _nll(x, valid)
+    p = jnp.where(exists, jnp.exp(-nll), 0)
+    y = jnp.where(exists, y, 0) if valid is not None else y
+    rows = None if valid is None else jnp.any(valid, axis=-1)
+    return _reduce(jnp.sum(y * nll, axis=-1) + epsilon * jnp.sum(y * (1 - p), axis=-1),
+                   reduction, rows)
+
+
+def _ref_smooth_labels(y, alpha, *, where=None, **_):
+    if where is None:
+        return (1 - alpha) * y + alpha / y.shape[-1]
+    count = jnp.sum(jnp.broadcast_to(where, y.shape), axis=-1, keepdims=True)
+    return (1 - alpha) * y + jnp.where(count > 0, alpha / jnp.maximum(count, 1), 0)
+
+
 # ---------------------------------------------------------------------------------
 # The built-in cases.
 
@@ -688,6 +802,36 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
         return (np.sum(q * tie_nll, axis=-1), q)
 
     sce_tie_value, sce_tie_q = smoothed_tie(0.2)
+    # The divergences, log-cosh, cosine and margin losses.
+    probs_norm = probs / probs.sum(axis=-1, keepdims=True)
+    # Targets 0 meet log-predictions -inf and -1e30; elsewhere log p = log t.
+    kl_t = np.array([[0.0, 0.5, 0.5], [0.0, 0.25, 0.75]], f32)
+    kl_log_t = np.array([[-np.inf, np.log(0.5), np.log(0.5)],
+                         [-np.inf, np.log(0.25), np.log(0.75)]], f32)
+    kl_lp = np.where(np.arange(2)[:, None] == 1, np.maximum(kl_log_t, -1e30), kl_log_t)
+    edge_q = np.array([[1e-30, 1 - 1e-7, 1e-7, 0.5, 1.0]] * 2, f32)
+    gkl_lp = np.array([[-np.inf, np.log(2.0), 0.0]], f32)
+    gkl_t = np.array([[0.0, 2.0, 0.0]], f32)
+    cosh_x = np.array([[0.0, 1e-4, -1e-3, 0.5, 88.0, 89.5], [-90.0, 500.0, 1e30, -1e30,
+                                                             3e38, 1.0]], f32)
+    cosh_far = np.array([[100.0, -100.0, 1e30, -3e38]], f32)
+    norm_a_row = float(np.linalg.norm(zero_row[1]))
+    unit_a_row, unit_b = zero_row[1] / norm_a_row, np.full(4, 0.5)
+    cos_ab = float(unit_a_row @ unit_b)
+    signs = np.where(rng.uniform(size=(n, c)) < 0.5, -1.0, 1.0)
+    margin_p = np.array([1e30, -1e30, 1.0, 0.5], f32)  # the third at the kink f y = 1
+    margin_t = np.array([-1.0, -1.0, 1.0, 1.0], f32)
+    mc_scores = np.array([[1e30, -1e30, 0.0], [-1e30, 1e30, 0.0]], f32)
+    mc_labels = np.array([0, 0])
+    focal_x = np.array([1e4, -1e4, 1e4, -1e4, 100.0], f32)
+    focal_y = np.array([1.0, 1.0, 0.0, 0.0, 0.0], f32)
+    poly_x = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], f32)
+    poly_y = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], f32)
+    # d/dx = p - y (the poly term's gradient is 0 at p in {0, 1}); d/dy = nll + 2 (1 - p).
+    poly_gx = np.array([[0.0, 0.0, 0.0], [-1.0, 1.0, 0.0]])
+    poly_gy = np.array([[0.0, 20002.0, 10002.0], [20002.0, 0.0, 10002.0]])
+    smooth_y = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], f32)
+    smooth_where = np.array([[True, True, False], [False, False, False]])
     highest = {"precision": "highest"}  # the matmul losses, compared with float64
     cases = [
         # Regression (no custom_vjp: autodiff of the library's own formula).
@@ -886,5 +1030,107 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
                   {"bias": vocab_bias, "ignore_index": -100, "where": np.roll(row_mask, 1),
                    "reduction": "mean", **highest},
                   argnums=(0, 1), diff_kwargs=("bias",), fd_order=1),
+        # Divergences (no custom_vjp: a double where gives 0 log 0 = 0 a zero gradient).
+        CheckCase("kl_divergence", jaxloss.kl_divergence, _ref_kl, (np.log(probs_norm), soft),
+                  argnums=(0, 1), custom_vjp=False,
+                  extremes=(Extreme((kl_lp, kl_t), expected=(
+                      [0.0, 0.0], (-kl_t, np.where(kl_t > 0, 1.0, 0.0)))),
+                            (np.log(edge_q), two_onehot))),
+        CheckCase("kl_divergence[axis=(1,2),where,mean]", jaxloss.kl_divergence, _ref_kl,
+                  (np.log(probs_norm)[None], soft[None]),
+                  {"axis": (1, 2), "where": element_mask, "reduction": "mean"},
+                  argnums=(0, 1), custom_vjp=False),
+        CheckCase("kl_divergence_with_log_targets", jaxloss.kl_divergence_with_log_targets,
+                  _ref_kl_log_targets, (np.log(probs_norm), np.log(soft)), argnums=(0, 1),
+                  custom_vjp=False,
+                  extremes=(Extreme((kl_lp, kl_log_t), expected=(
+                      [0.0, 0.0], (-kl_t, kl_t))),)),
+        CheckCase("generalized_kl_divergence", jaxloss.generalized_kl_divergence,
+                  _ref_generalized_kl, (np.log(probs), 2 * soft), argnums=(0, 1),
+                  custom_vjp=False,
+                  extremes=(Extreme((gkl_lp, gkl_t), expected=(
+                      [1.0], ([[0.0, 0.0, 1.0]], [[-1.0, 0.0, -1.0]]))),)),
+        # Log-cosh and cosine similarity.
+        CheckCase("log_cosh", jaxloss.log_cosh, _ref_log_cosh, (preds, targets),
+                  argnums=(0, 1), custom_vjp=False,
+                  extremes=((cosh_x, np.zeros_like(cosh_x)),
+                            Extreme((cosh_far, np.zeros_like(cosh_far)), expected=(
+                                np.abs(cosh_far.astype(np.float64)) - np.log(2.0),
+                                (np.sign(cosh_far), -np.sign(cosh_far)))),
+                            (jnp.asarray(cosh_x, bf16), jnp.zeros(cosh_x.shape, bf16)))),
+        CheckCase("log_cosh[where,sum]", jaxloss.log_cosh, _ref_log_cosh, (preds, targets),
+                  {"where": element_mask, "reduction": "sum"}, argnums=(0, 1),
+                  custom_vjp=False),
+        CheckCase("cosine_similarity", jaxloss.cosine_similarity, _ref_cosine,
+                  (emb_a, emb_b), argnums=(0, 1), custom_vjp=False,
+                  extremes=(Extreme((zero_row, same), expected=(
+                      [0.0, float(np.sum(zero_row[1]) / np.linalg.norm(zero_row[1]) / 2)],
+                      (np.stack([np.zeros(4), unit_b - cos_ab * unit_a_row]) / np.stack(
+                          [np.ones(4), np.full(4, norm_a_row)]),
+                       np.stack([np.zeros(4), (unit_a_row - cos_ab * unit_b) / 2])))),
+                            (huge_emb, huge_emb[::-1]), (huge_bf16, huge_bf16[::-1]))),
+        CheckCase("cosine_similarity[epsilon,where,mean]", jaxloss.cosine_similarity,
+                  _ref_cosine, (emb_a * 0.1, emb_b),
+                  {"epsilon": 0.05, "where": element_mask[:, :4], "reduction": "mean"},
+                  argnums=(0, 1), custom_vjp=False),
+        CheckCase("cosine_distance", jaxloss.cosine_distance, _ref_cosine_distance,
+                  (emb_a, emb_b), argnums=(0, 1), custom_vjp=False,
+                  extremes=((np.concatenate([zero_row, huge_emb]),
+                             np.concatenate([same, huge_a])),)),
+        # Margin losses (piecewise linear: subgradient 0 at a kink).
+        CheckCase("hinge_loss", jaxloss.hinge_loss, _ref_hinge, (preds, signs),
+                  argnums=(0, 1), custom_vjp=False,
+                  extremes=(Extreme((margin_p, margin_t), expected=(
+                      [1e30, 0.0, 0.0, 0.5], ([1.0, 0.0, 0.0, -1.0], [-1e30, 0.0, 0.0, -0.5]))),)),
+        CheckCase("hinge_loss[where,mean]", jaxloss.hinge_loss, _ref_hinge, (preds, signs),
+                  {"where": element_mask, "reduction": "mean"}, argnums=(0, 1),
+                  custom_vjp=False),
+        CheckCase("perceptron_loss", jaxloss.perceptron_loss, _ref_perceptron,
+                  (preds, signs), argnums=(0, 1), custom_vjp=False,
+                  extremes=(Extreme((margin_p, margin_t), expected=(
+                      [1e30, 0.0, 0.0, 0.0], ([1.0, 0.0, 0.0, 0.0], [-1e30, 0.0, 0.0, 0.0]))),)),
+        CheckCase("multiclass_hinge_loss", jaxloss.multiclass_hinge_loss,
+                  _ref_multiclass_hinge, (logits, labels), custom_vjp=False,
+                  extremes=(Extreme((mc_scores, mc_labels), expected=(
+                      [0.0, 2e30], ([[0.0, 0.0, 0.0], [-1.0, 1.0, 0.0]],))),
+                            (near_max_bf16, two_labels))),
+        CheckCase("multiclass_hinge_loss[where,sum]", jaxloss.multiclass_hinge_loss,
+                  _ref_multiclass_hinge, (logits, labels),
+                  {"where": row_mask, "reduction": "sum"}, custom_vjp=False),
+        CheckCase("multiclass_perceptron_loss", jaxloss.multiclass_perceptron_loss,
+                  _ref_multiclass_perceptron, (logits, labels), custom_vjp=False,
+                  extremes=(Extreme((mc_scores, mc_labels), expected=(
+                      [0.0, 2e30], ([[0.0, 0.0, 0.0], [-1.0, 1.0, 0.0]],))),
+                            (near_max_bf16, two_labels))),
+        # Focal, poly and safe cross-entropies; label smoothing.
+        CheckCase("sigmoid_focal_loss", jaxloss.sigmoid_focal_loss, _ref_focal,
+                  (logits, soft), argnums=(0, 1), custom_vjp=False,
+                  extremes=(Extreme((focal_x, focal_y), expected=(
+                      [0.0, 1e4, 1e4, 0.0, 100.0],
+                      ([0.0, -1.0, 1.0, 0.0, 1.0], [0.0, 3e4, -3e4, 0.0, -300.0]))),)),
+        CheckCase("sigmoid_focal_loss[alpha,gamma=0.5,where,mean]", jaxloss.sigmoid_focal_loss,
+                  _ref_focal, (logits, soft),
+                  {"alpha": np.asarray(0.25), "gamma": np.asarray(0.5), "where": element_mask,
+                   "reduction": "mean"},
+                  argnums=(0, 1), diff_kwargs=("alpha", "gamma"), custom_vjp=False),
+        CheckCase("poly_loss_cross_entropy", jaxloss.poly_loss_cross_entropy, _ref_poly,
+                  (logits, soft), {"epsilon": np.asarray(2.0)}, argnums=(0, 1),
+                  diff_kwargs=("epsilon",), custom_vjp=False,
+                  extremes=(Extreme((poly_x, poly_y), expected=(
+                      [0.0, 20002.0], (poly_gx, poly_gy, 1.0))), (masked, two_onehot))),
+        CheckCase("poly_loss_cross_entropy[where,sum]", jaxloss.poly_loss_cross_entropy,
+                  _ref_poly, (logits, soft),
+                  {"epsilon": np.asarray(-1.0), "where": class_mask, "reduction": "sum"},
+                  argnums=(0, 1), custom_vjp=False),
+        CheckCase("safe_softmax_cross_entropy", jaxloss.safe_softmax_cross_entropy,
+                  _ref_softmax_ce, (logits, soft), argnums=(0, 1), fd_order=1,
+                  extremes=((wide, wide_onehot),
+                            Extreme((ties, tie_onehot),
+                                    expected=([np.log(2)], (tie_p - tie_onehot, tie_nll))))),
+        CheckCase("smooth_labels", jaxloss.smooth_labels, _ref_smooth_labels,
+                  (soft, np.asarray(0.1)), argnums=(0, 1), custom_vjp=False,
+                  extremes=(Extreme((smooth_y, f32(0.2)), {"where": smooth_where}, expected=(
+                      np.array([[0.9, 0.1, 0.1], [0.0, 0.8, 0.0]]),
+                      (np.full((2, 3), 0.8), -0.5))),)),
     ]
     return cases
