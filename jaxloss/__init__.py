@@ -25,6 +25,7 @@ from jaxloss.contrastive import (
     siglip_loss,
     triplet_margin_loss,
 )
+from jaxloss.dice import binary_dice_loss, dice_loss, multiclass_generalized_dice_loss
 from jaxloss.divergence import (
     convex_kl_divergence,
     generalized_kl_divergence,
@@ -54,12 +55,14 @@ from jaxloss.regression import (
 )
 from jaxloss.similarity import cosine_distance, cosine_similarity, log_cosh
 from jaxloss.smoothing import smooth_labels
+from jaxloss.sparsemax import multiclass_sparsemax_loss, sparsemax_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "binary_cross_entropy",
+    "binary_dice_loss",
     "categorical_cross_entropy",
     "checked",
     "contrastive_loss",
@@ -67,6 +70,7 @@ __all__ = [
     "convex_kl_divergence",
     "cosine_distance",
     "cosine_similarity",
+    "dice_loss",
     "generalized_kl_divergence",
     "hinge_loss",
     "huber_loss",
@@ -81,8 +85,10 @@ __all__ = [
     "mean_absolute_error",
     "mean_squared_error",
     "mse",
+    "multiclass_generalized_dice_loss",
     "multiclass_hinge_loss",
     "multiclass_perceptron_loss",
+    "multiclass_sparsemax_loss",
     "ntxent",
     "pairwise_distance",
     "perceptron_loss",
@@ -95,6 +101,7 @@ __all__ = [
     "smooth_labels",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
+    "sparsemax_loss",
     "squared_error",
     "triplet_margin_loss",
 ]

@@ -739,6 +739,75 @@ def _ref_smooth_labels(y, alpha, *, where=None, **_):
 # The built-in cases.
 
 
+def _ref_dice(x, t, *, class_weights=None, smooth=1.0, alpha=0.5, beta=0.5,
+              apply_softmax=True, reduction="mean", ignore_background=False, axis=None, **_):
+    """Soft Dice/Tversky per class (optax's), 0 where it is 0/0 (``smooth = 0`` and
+    nothing predicted or targeted), as the limit ``smooth -> 0``."""
+    if x.ndim == t.ndim - 1:
+        x = x[..., None]
+    if t.ndim == x.ndim - 1:
+        t = t[..., None]
+    if not apply_softmax:
+        p = x
+    elif x.shape[-1] == 1:
+        p = jax.nn.sigmoid(x)
+    else:
+        e = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+        p = e / jnp.sum(e, axis=-1, keepdims=True)
+    axes = tuple(range(1, x.ndim - 1)) if axis is None else _axes_of(axis, x.ndim)
+    i, ps, ts = (jnp.sum(v, axis=axes) for v in (p * t, p, t))
+    num = i + smooth
+    den = i + alpha * (ps - i) + beta * (ts - i) + smooth
+    zero = (num == 0) & (den == 0)
+    loss = jnp.where(zero, 0, 1 - jnp.where(zero, 0, num) / jnp.where(zero, 1, den))
+    if class_weights is not None:
+        loss = loss * class_weights
+    if ignore_background and x.shape[-1] > 1:
+        loss = loss[..., 1:]
+    if reduction == "none":
+        return loss
+    return jnp.sum(loss, axis=-1) / (1 if reduction == "sum" else loss.shape[-1])
+
+
+def _ref_binary_dice(x, t, *, smooth=1.0, apply_sigmoid=True, **_):
+    if x.ndim == t.ndim and x.shape[-1] != 1:
+        x, t = x[..., None], t[..., None]
+    return _ref_dice(x, t, smooth=smooth, apply_softmax=apply_sigmoid)
+
+
+def _ref_generalized_dice(x, t, *, smooth=1.0, apply_softmax=True, ignore_background=False,
+                          **_):
+    f = jnp.sum(t, axis=tuple(range(t.ndim - 1)))
+    w = 1 / (f * f + 1e-7)
+    w = w * (w.shape[0] / jnp.sum(w))
+    return jnp.mean(_ref_dice(x, t, class_weights=w, smooth=smooth,
+                              apply_softmax=apply_softmax, reduction="none",
+                              ignore_background=ignore_background))
+
+
+def _ref_sparsemax(x, labels, *, where=None, reduction="none", **_):
+    z = jnp.where(labels != 0, -x, x)
+    return _reduce(jnp.where(z <= -1, 0, jnp.where(z >= 1, z, (z + 1) ** 2 / 4)), reduction,
+                   where)
+
+
+def _ref_multiclass_sparsemax(s, labels, *, where=None, reduction="none", **_):
+    """sparsemax with tau = max_j (sum of the entries >= z_j, less 1) / their count (no
+    sort), on the scores less their largest."""
+    z = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    above = z[..., None, :] >= z[..., :, None]
+    total = jnp.sum(jnp.where(above, z[..., None, :], 0), axis=-1)
+    tau = jnp.max((total - 1) / jnp.sum(above, axis=-1), axis=-1, keepdims=True)
+    support = z > tau  # then tau again, from the support (differentiated through it)
+    tau = (jnp.sum(jnp.where(support, z, 0), axis=-1, keepdims=True) - 1) / jnp.sum(
+        support, axis=-1, keepdims=True)
+    p = jnp.where(support, z - tau, 0)
+    one_hot = jax.nn.one_hot(labels, s.shape[-1], dtype=bool)
+    losses = (jnp.sum(p * jnp.where(p > 0, z, 0), axis=-1)
+              - jnp.sum(jnp.where(one_hot, z, 0), axis=-1) + (1 - jnp.sum(p * p, axis=-1)) / 2)
+    return _reduce(losses, reduction, where)
+
+
 def builtin_cases(seed: int = 0) -> list[CheckCase]:
     """The cases ``jaxloss check`` runs: every public loss, each differentiable
     argument, and the options (``where``, ``ignore_index``, ``reduction``, metrics,
@@ -832,6 +901,20 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
     poly_gy = np.array([[0.0, 20002.0, 10002.0], [20002.0, 0.0, 10002.0]])
     smooth_y = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], f32)
     smooth_where = np.array([[True, True, False], [False, False, False]])
+    # Segmentation: [batch 2, 3 x 2 pixels, 3 classes].
+    seg_x = rng.normal(size=(2, 3, 2, 3))
+    seg_t = np.eye(3)[rng.integers(0, 3, size=(2, 3, 2))]
+    seg_probs = rng.dirichlet(np.ones(3), size=(2, 3, 2))
+    seg_big = np.asarray(seg_x * 1e30, f32)
+    seg_big_t = np.eye(3, dtype=f32)[np.argmax(seg_x[..., ::-1], axis=-1)]
+    # Probabilities, smooth 0: row 0 empty (0/0: loss 0, gradient 0); row 1 exact, with
+    # d/dp = d/dt = -(t/2 - (1 - t)/2) / I, I = 1.
+    seg_p0 = np.array([[0.0, 0.0], [1.0, 0.0]], f32)[..., None]
+    seg_t0 = seg_p0.copy()
+    seg_g0 = np.array([[0.0, 0.0], [-0.5, 0.5]])[..., None]
+    labels01 = (signs > 0).astype(np.int32)
+    sparse_x = np.array([1e30, -1e30, 1.0, -1.0, 0.5, 3e38, -5.0], f32)
+    sparse_y = np.array([0, 1, 0, 1, 1, 0, 0])
     highest = {"precision": "highest"}  # the matmul losses, compared with float64
     cases = [
         # Regression (no custom_vjp: autodiff of the library's own formula).
@@ -1102,6 +1185,59 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
                   extremes=(Extreme((mc_scores, mc_labels), expected=(
                       [0.0, 2e30], ([[0.0, 0.0, 0.0], [-1.0, 1.0, 0.0]],))),
                             (near_max_bf16, two_labels))),
+        # Dice losses (no custom_vjp: a double where gives the 0/0 of smooth = 0 the
+        # value 0 and a zero gradient).
+        CheckCase("dice_loss", jaxloss.dice_loss, _ref_dice, (seg_x, seg_t), argnums=(0, 1),
+                  custom_vjp=False,
+                  extremes=((seg_big, seg_big_t),
+                            (jnp.asarray(seg_big, bf16), jnp.asarray(seg_big_t, bf16)),
+                            Extreme((seg_p0, seg_t0), {"apply_softmax": False, "smooth": 0.0,
+                                                       "reduction": "none"},
+                                    expected=([[0.0], [0.0]], (seg_g0, seg_g0))))),
+        CheckCase("dice_loss[class_weights,alpha,beta,ignore_background,sum]",
+                  jaxloss.dice_loss, _ref_dice, (seg_x, seg_t),
+                  {"class_weights": weights[:3], "smooth": np.asarray(0.5),
+                   "alpha": np.asarray(0.3), "beta": np.asarray(0.7),
+                   "ignore_background": True, "reduction": "sum"},
+                  argnums=(0, 1), diff_kwargs=("class_weights", "smooth", "alpha", "beta"),
+                  custom_vjp=False),
+        CheckCase("dice_loss[probabilities,axis=(0,1),none]", jaxloss.dice_loss, _ref_dice,
+                  (seg_probs, seg_t), {"apply_softmax": False, "axis": (0, 1),
+                                       "reduction": "none"},
+                  argnums=(0, 1), custom_vjp=False),
+        CheckCase("binary_dice_loss", jaxloss.binary_dice_loss, _ref_binary_dice,
+                  (seg_x[..., 0], seg_t[..., 0]), {"smooth": np.asarray(1.0)},
+                  argnums=(0, 1), diff_kwargs=("smooth",), custom_vjp=False,
+                  extremes=(Extreme((np.full((2, 3), -1e30, f32), np.zeros((2, 3), f32)),
+                                    {"smooth": f32(0.0)},
+                                    expected=([0.0, 0.0], (np.zeros((2, 3)), np.zeros((2, 3)),
+                                                           0.0))),)),
+        CheckCase("binary_dice_loss[probabilities]", jaxloss.binary_dice_loss,
+                  _ref_binary_dice, (seg_probs[..., 0], seg_t[..., 0]),
+                  {"apply_sigmoid": False}, argnums=(0, 1), custom_vjp=False),
+        CheckCase("multiclass_generalized_dice_loss", jaxloss.multiclass_generalized_dice_loss,
+                  _ref_generalized_dice, (seg_x, seg_t), argnums=(0, 1), custom_vjp=False,
+                  extremes=((seg_big, seg_big_t),)),
+        CheckCase("multiclass_generalized_dice_loss[ignore_background,smooth]",
+                  jaxloss.multiclass_generalized_dice_loss, _ref_generalized_dice,
+                  (seg_x, seg_t), {"smooth": np.asarray(0.1), "ignore_background": True},
+                  argnums=(0, 1), diff_kwargs=("smooth",), custom_vjp=False),
+        # Sparsemax losses (no custom_vjp).
+        CheckCase("sparsemax_loss", jaxloss.sparsemax_loss, _ref_sparsemax,
+                  (preds * 2, labels01), custom_vjp=False,
+                  extremes=(Extreme((sparse_x, sparse_y), expected=(
+                      [1e30, 1e30, 1.0, 1.0, 0.0625, 3e38, 0.0],
+                      ([1.0, -1.0, 1.0, -1.0, -0.25, 1.0, 0.0],))),)),
+        CheckCase("sparsemax_loss[where,mean]", jaxloss.sparsemax_loss, _ref_sparsemax,
+                  (preds * 2, labels01), {"where": element_mask, "reduction": "mean"},
+                  custom_vjp=False),
+        CheckCase("multiclass_sparsemax_loss", jaxloss.multiclass_sparsemax_loss,
+                  _ref_multiclass_sparsemax, (logits, labels), custom_vjp=False,
+                  extremes=((mc_scores, mc_labels), (masked, two_labels),
+                            (near_max_bf16, two_labels))),
+        CheckCase("multiclass_sparsemax_loss[where,sum]", jaxloss.multiclass_sparsemax_loss,
+                  _ref_multiclass_sparsemax, (logits, labels),
+                  {"where": row_mask, "reduction": "sum"}, custom_vjp=False),
         # Focal, poly and safe cross-entropies; label smoothing.
         CheckCase("sigmoid_focal_loss", jaxloss.sigmoid_focal_loss, _ref_focal,
                   (logits, soft), argnums=(0, 1), custom_vjp=False,
