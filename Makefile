@@ -6,7 +6,7 @@ GPU_PYTHON ?=
 JAX_CUDA ?= cuda13
 GPU_TEST_WORKERS ?= 4
 
-.PHONY: test test-gpu demo check lint clean
+.PHONY: test wheel-check test-gpu demo check lint readme-tables clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,18 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# pytest, then every `jaxloss check` case (float64 references, finite differences,
+# extremes for each built-in loss; the suite itself runs the command on a few).
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/jaxloss check
+
+# make wheel-check: python -m build (sdist, and the wheel from it) into a temporary
+# folder, twine check --strict, then the wheel installed in a fresh venv outside the
+# tree runs jaxloss --version, jaxloss check and the README's examples (.ci/wheel-check).
+wheel-check: $(VENV)/.dev-installed
+	DEV_PYTHON=$(BIN)/python PYTHON=$(PYTHON) bash .ci/wheel-check
 
 # make test-gpu: ruff, then the whole suite on JAX's default backend, the accelerator:
 # JAX_PLATFORMS unset and JAXLOSS_TEST_BACKEND=default (see tests/conftest.py: the
@@ -62,6 +71,11 @@ demo: $(VENV)/.demo-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+
+# The README's loss tables are rendered from jaxloss/_registry.py (tests/test_registry.py
+# fails when they differ).
+readme-tables: $(VENV)/.dev-installed
+	$(BIN)/python -m jaxloss._registry README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

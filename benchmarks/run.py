@@ -125,6 +125,7 @@ class Sizes:
     ntxent: tuple[int, int]  # [B, D]
     triplet: tuple[int, int]  # [N, D]
     linear: tuple[int, int, int]  # (N, D, V) for linear_softmax_cross_entropy
+    ctc: tuple[int, int, int, int]  # (B, T, K, L): batch, frames, classes, labels
     # (N, D, V): the integer-label cross-entropy of hidden @ weight, differentiated with
     # respect to both, as in a training step (None: no such row)
     composed: tuple[int, int, int] | None = None
@@ -146,6 +147,7 @@ FULL = Sizes(
     ntxent=(1024, 256),
     triplet=(4096, 256),
     linear=(4096, 512, 32768),
+    ctc=(32, 400, 64, 80),
     composed=(1024, 256, 32768),
 )
 QUICK = dataclasses.replace(FULL, ntxent=(512, 256), linear=(512, 512, 32768))
@@ -156,6 +158,7 @@ TINY = Sizes(
     ntxent=(32, 16),
     triplet=(64, 16),
     linear=(32, 16, 64),
+    ctc=(4, 12, 6, 4),
     composed=(16, 8, 64),
 )
 # The GPU workloads of the project's issue 12, the sizes of its reference figures.
@@ -480,6 +483,34 @@ def case_specs(
                                     data.to_torch(labels.astype(np.int64))),
                         note="optax/PyTorch on hidden @ weight; gradient w.r.t. both")
         specs.append(CaseSpec("linear_softmax_cross_entropy", build_linear))
+
+    # CTC over sequences of varied lengths, the gradient of the logits; PyTorch on the
+    # log-softmax of the same logits, in its [T, B, K] layout.
+    b_ctc, t_ctc, k_ctc, l_ctc = sizes.ctc
+
+    def build_ctc() -> Case:
+        logits = data.normal((b_ctc, t_ctc, k_ctc))
+        frames = data.rng.integers(t_ctc // 2, t_ctc + 1, b_ctc)
+        lengths = data.rng.integers(1, l_ctc + 1, b_ctc)
+        logit_paddings = (np.arange(t_ctc) >= frames[:, None]).astype(np.float32)
+        label_paddings = (np.arange(l_ctc) >= lengths[:, None]).astype(np.float32)
+        labels = data.rng.integers(1, k_ctc, (b_ctc, l_ctc)).astype(np.int32)
+
+        def torch_ctc(x: Any) -> Any:
+            return F.ctc_loss(x.log_softmax(-1).transpose(0, 1), targets, input_lengths,
+                              target_lengths, blank=0, reduction="none")
+
+        if torch is not None:
+            targets = data.to_torch(labels.astype(np.int64))
+            input_lengths = data.to_torch(frames.astype(np.int64))
+            target_lengths = data.to_torch(lengths.astype(np.int64))
+        return Case("ctc_loss", f"B={b_ctc} T={t_ctc} K={k_ctc} L={l_ctc}", "float32",
+                    jaxloss.ctc_loss, optax.losses.ctc_loss,
+                    (data.jax(logits), data.jax(logit_paddings), data.jax(labels),
+                     data.jax(label_paddings)),
+                    torch=torch_ctc, torch_args=(data.to_torch(logits),),
+                    note="varied lengths; gradient w.r.t. the logits")
+    specs.append(CaseSpec("ctc_loss", build_ctc))
 
     # The cross-entropy inside a training step: the logits come from a matmul and the
     # gradient flows on to the weight, so the loss's residuals and its gradient of the

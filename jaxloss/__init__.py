@@ -11,7 +11,10 @@ from jaxloss._reduce import reduce
 from jaxloss.classification import (
     binary_cross_entropy,
     categorical_cross_entropy,
+    multilabel_soft_margin_loss,
+    nll_loss,
     sigmoid_binary_cross_entropy,
+    soft_margin_loss,
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
@@ -24,6 +27,7 @@ from jaxloss.contrastive import (
     pairwise_distance,
     siglip_loss,
     triplet_margin_loss,
+    triplet_margin_with_distance_loss,
 )
 from jaxloss.dice import binary_dice_loss, dice_loss, multiclass_generalized_dice_loss
 from jaxloss.divergence import (
@@ -32,6 +36,7 @@ from jaxloss.divergence import (
     kl_divergence,
     kl_divergence_with_log_targets,
 )
+from jaxloss.fenchel_young import make_fenchel_young_loss
 from jaxloss.focal import (
     poly_loss_cross_entropy,
     safe_softmax_cross_entropy,
@@ -39,21 +44,35 @@ from jaxloss.focal import (
 )
 from jaxloss.large_vocab import linear_softmax_cross_entropy
 from jaxloss.margin import (
+    hinge_embedding_loss,
     hinge_loss,
+    margin_ranking_loss,
+    multi_margin_loss,
     multiclass_hinge_loss,
     multiclass_perceptron_loss,
+    multilabel_margin_loss,
     perceptron_loss,
 )
+from jaxloss.ranking import ranking_softmax_loss
 from jaxloss.regression import (
+    gaussian_nll_loss,
     huber_loss,
     l2_loss,
     mae,
     mean_absolute_error,
     mean_squared_error,
     mse,
+    poisson_nll_loss,
+    smooth_l1_loss,
     squared_error,
 )
-from jaxloss.similarity import cosine_distance, cosine_similarity, log_cosh
+from jaxloss.sequence import ctc_loss, ctc_loss_with_forward_probs
+from jaxloss.similarity import (
+    cosine_distance,
+    cosine_embedding_loss,
+    cosine_similarity,
+    log_cosh,
+)
 from jaxloss.smoothing import smooth_labels
 from jaxloss.sparsemax import multiclass_sparsemax_loss, sparsemax_loss
 
@@ -69,9 +88,14 @@ __all__ = [
     "contrastive_loss_from_distance",
     "convex_kl_divergence",
     "cosine_distance",
+    "cosine_embedding_loss",
     "cosine_similarity",
+    "ctc_loss",
+    "ctc_loss_with_forward_probs",
     "dice_loss",
+    "gaussian_nll_loss",
     "generalized_kl_divergence",
+    "hinge_embedding_loss",
     "hinge_loss",
     "huber_loss",
     "info_nce",
@@ -81,27 +105,38 @@ __all__ = [
     "linear_softmax_cross_entropy",
     "log_cosh",
     "mae",
+    "make_fenchel_young_loss",
     "make_pairs",
+    "margin_ranking_loss",
     "mean_absolute_error",
     "mean_squared_error",
     "mse",
+    "multi_margin_loss",
     "multiclass_generalized_dice_loss",
     "multiclass_hinge_loss",
     "multiclass_perceptron_loss",
     "multiclass_sparsemax_loss",
+    "multilabel_margin_loss",
+    "multilabel_soft_margin_loss",
+    "nll_loss",
     "ntxent",
     "pairwise_distance",
     "perceptron_loss",
+    "poisson_nll_loss",
     "poly_loss_cross_entropy",
+    "ranking_softmax_loss",
     "reduce",
     "safe_softmax_cross_entropy",
     "siglip_loss",
     "sigmoid_binary_cross_entropy",
     "sigmoid_focal_loss",
+    "smooth_l1_loss",
     "smooth_labels",
+    "soft_margin_loss",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
     "sparsemax_loss",
     "squared_error",
     "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
 ]

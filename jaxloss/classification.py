@@ -1,6 +1,9 @@
-"""Classification losses: sigmoid/binary and softmax/categorical cross-entropy.
+"""Classification losses: sigmoid/binary and softmax/categorical cross-entropy, and
+PyTorch's negative log-likelihood and soft margin losses.
 
-Each loss is a ``jax.custom_vjp`` whose backward pass is the closed-form derivative.
+Each cross-entropy is a ``jax.custom_vjp`` whose backward pass is the closed-form
+derivative; ``nll_loss``, ``soft_margin_loss`` and ``multilabel_soft_margin_loss`` are
+plain autodiff of stable (softplus) formulas, exact at logits of +-1e30.
 The softmax losses keep only their inputs and one log-sum-exp per row as residuals
 and form ``softmax - target`` in the backward pass, so no ``[N, C]`` probability
 matrix is stored. All arithmetic is in at least float32 (bf16/fp16 logits accumulate
@@ -35,14 +38,17 @@ from jax.typing import ArrayLike
 from jaxloss import _softmax, _validate
 from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._math import times as _times
-from jaxloss._reduce import Reduction, weighted_reduce
+from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
 from jaxloss.distributed import AxisName, axis_size, match_varying
 from jaxloss.large_vocab import _vocab_parallel_integer_ce
 
 __all__ = [
     "binary_cross_entropy",
     "categorical_cross_entropy",
+    "multilabel_soft_margin_loss",
+    "nll_loss",
     "sigmoid_binary_cross_entropy",
+    "soft_margin_loss",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
 ]
@@ -236,6 +242,11 @@ def binary_cross_entropy(
       labels: targets in [0, 1], broadcastable to ``probabilities``.
       where: boolean mask of the elements to include.
       reduction: ``"none"`` (default), ``"mean"`` or ``"sum"``.
+
+    References:
+      Goodfellow, Bengio and Courville, `Deep Learning
+      <https://www.deeplearningbook.org/contents/mlp.html>`_, section 6.2.2, MIT Press
+      2016.
     """
     probabilities = _validate.floating("probabilities", probabilities)
     labels = _validate.numeric("labels", labels)
@@ -807,6 +818,11 @@ def categorical_cross_entropy(
       where: a boolean mask of classes (the shape of ``probabilities``) or of rows
         (the batch shape); excluded classes are dropped before the renormalization.
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+
+    References:
+      Goodfellow, Bengio and Courville, `Deep Learning
+      <https://www.deeplearningbook.org/contents/mlp.html>`_, section 6.2.2, MIT Press
+      2016.
     """
     probabilities = _validate.floating("probabilities", probabilities)
     labels = _validate.numeric("labels", labels)
@@ -823,3 +839,237 @@ def categorical_cross_entropy(
         rows = rows[..., 0]
     losses = _categorical_ce(*match_varying(p, y))
     return weighted_reduce(losses, reduction, where=rows, denominator=None)
+
+
+# ---------------------------------------------------------------------------------
+# PyTorch's losses that optax lacks: NLLLoss, SoftMarginLoss, MultiLabelSoftMarginLoss.
+# Plain autodiff of stable formulas (no custom_vjp).
+
+
+def _times_unless_infinite(coefficient: jax.Array, value: jax.Array) -> jax.Array:
+    """``coefficient * value`` with ``0 * inf = 0`` where ``value`` is infinite.
+
+    Unlike :func:`jaxloss._math.times`, a zero coefficient keeps its derivative
+    ``value`` wherever ``value`` is finite (a label of exactly 0 or 1 is still
+    differentiated); only the undefined product at an infinite logit is replaced."""
+    return jnp.where((coefficient == 0) & jnp.isinf(value), 0, coefficient * value)
+
+
+def _check_nll(log_probs, labels, *, class_weights=None, ignore_index=None, where=None,
+               reduction="none"):
+    check_labels("labels", labels, jnp.shape(log_probs)[-1], ignore_index)
+    if class_weights is not None:
+        check_in_range("class_weights", class_weights, 0, None)
+
+
+@register_checks(_check_nll)
+@functools.partial(jax.jit, static_argnames=("ignore_index", "reduction"))
+def nll_loss(
+    log_probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Negative log-likelihood of integer labels (PyTorch ``nll_loss``).
+
+    .. math::
+      \ell_n = -w_{y_n}\, z_{n y_n}, \qquad
+      \frac{\partial \ell_n}{\partial z_{nc}} = -w_{y_n} [c = y_n], \qquad
+      \frac{\partial \ell_n}{\partial w_c} = -z_{n y_n} [c = y_n]
+
+    for log-probabilities :math:`z` (e.g. ``jax.nn.log_softmax(logits)``); on them it
+    equals :func:`softmax_cross_entropy_with_integer_labels` of the logits. The class
+    axis is the **last** one (PyTorch's is dim 1: ``jnp.moveaxis(x, 1, -1)``).
+    ``"mean"`` is PyTorch's weighted mean :math:`\sum_n \ell_n / \sum_n w_{y_n}` over
+    the rows kept (not ignored, selected by ``where``); it is 0 with zero gradient when
+    no row is kept (PyTorch gives NaN). Only the label's entry is read: other classes
+    may be ``-inf`` (log-probability 0) and get gradient 0; a weight of 0 makes a row's
+    loss exactly 0 even where its log-probability is ``-inf``.
+
+    A label outside ``[0, C)`` (other than ``ignore_index``) gives a NaN loss and
+    gradient (PyTorch raises): wrap in :func:`jaxloss.checked` to raise instead.
+
+    Args:
+      log_probs: log-probabilities, ``[..., num_classes]``.
+      labels: integer class ids, ``[...]`` (``log_probs.shape[:-1]``).
+      class_weights: :math:`w`, one non-negative weight per class (PyTorch's
+        ``weight``), ``[num_classes]``.
+      ignore_index: a label value whose rows get loss 0 and gradient 0 and are left out
+        of ``"mean"`` (PyTorch's default is -100; here None: no label is ignored).
+      where: boolean mask of the rows to include, broadcastable to ``labels``.
+      reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The losses, in ``promote_types(log_probs.dtype, float32)``.
+
+    References:
+      PyTorch, `torch.nn.NLLLoss
+      <https://docs.pytorch.org/docs/stable/generated/torch.nn.NLLLoss.html>`_.
+    """
+    log_probs = _validate.floating("log_probs", log_probs)
+    labels = _validate.integer("labels", labels)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    if log_probs.ndim < 1:
+        raise ValueError(
+            f"log_probs must have a class axis, got {_validate.describe(log_probs)}")
+    _validate.same_shape("labels", labels, log_probs.shape[:-1],
+                         "log_probs without the class axis")
+    _validate.broadcasts_to("labels", labels, where=where)
+    dtype = _validate.compute_dtype(log_probs.dtype)
+    num_classes = log_probs.shape[-1]
+    keep = None if where is None else jnp.broadcast_to(where, labels.shape)
+    if ignore_index is not None:
+        ignored = labels == ignore_index
+        keep = ~ignored if keep is None else keep & ~ignored
+    if keep is not None:
+        # A safe label on the rows left out keeps their (masked) gradient free of NaN.
+        labels = jnp.where(keep, labels, 0)
+    in_range = (labels >= 0) & (labels < num_classes)
+    safe_labels = jnp.clip(labels, 0, num_classes - 1)
+    gather = not _class_axis_sharded(log_probs)
+    # Picked from the input dtype, as in the cross-entropy: no float32 copy of [N, C].
+    picked = _pick(log_probs, safe_labels, gather).astype(dtype)
+    weight = jnp.ones(labels.shape, dtype)
+    if class_weights is not None:
+        class_weights = _validate.numeric("class_weights", class_weights)
+        _validate.same_shape("class_weights", class_weights, (num_classes,),
+                             "one weight per class")
+        class_weights = class_weights.astype(dtype)
+        weight = _pick(jnp.broadcast_to(class_weights, log_probs.shape), safe_labels, gather)
+    # NaN, not a silent 0, for a label out of range: its loss and its gradient.
+    coefficient = jnp.where(in_range, weight, jnp.nan)
+    losses = -_times(coefficient, picked)
+    return weighted_reduce(losses, reduction, where=keep,
+                           denominator=None if class_weights is None else weight)
+
+
+@functools.partial(jax.jit, static_argnames=("reduction",))
+def soft_margin_loss(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Elementwise soft margin (logistic) loss of PyTorch ``soft_margin_loss``.
+
+    .. math::
+      \ell(x, y) = \log\bigl(1 + e^{-y x}\bigr) = \mathrm{softplus}(-y x), \qquad
+      \frac{\partial \ell}{\partial x} = -y\,\sigma(-y x), \qquad
+      \frac{\partial \ell}{\partial y} = -x\,\sigma(-y x)
+
+    The smooth counterpart of :func:`jaxloss.hinge_loss`; for :math:`y \in \{-1, 1\}`
+    it is :func:`sigmoid_binary_cross_entropy` of the labels :math:`(1 + y)/2`. The
+    softplus form is exact for any finite margin: :math:`x = 10^{30}` gives 0 and
+    gradient 0 where :math:`y = 1`, and :math:`10^{30}` and gradient 1 where
+    :math:`y = -1`. ``"mean"`` averages over every element, as PyTorch's.
+
+    Args:
+      predictions: scores :math:`x`, any floating shape.
+      targets: :math:`y \in \{-1, 1\}`, broadcastable to ``predictions``.
+      where: boolean mask of the elements to include, broadcastable to ``predictions``.
+      reduction: ``"none"`` (default, one value per element), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The losses, in ``promote_types(predictions.dtype, float32)``.
+
+    References:
+      PyTorch, `torch.nn.SoftMarginLoss
+      <https://docs.pytorch.org/docs/stable/generated/torch.nn.SoftMarginLoss.html>`_.
+    """
+    predictions = _validate.floating("predictions", predictions)
+    targets = _validate.numeric("targets", targets)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    _validate.broadcasts_to("predictions", predictions, targets=targets, where=where)
+    dtype = _validate.compute_dtype(predictions.dtype)
+    margins = predictions.astype(dtype) * targets.astype(dtype)
+    if where is not None:
+        where = jnp.broadcast_to(where, margins.shape)
+        # Masked margins are 0 before the loss is formed: a NaN there reaches neither
+        # the value nor the gradient.
+        margins = jnp.where(where, margins, 0)
+    return weighted_reduce(jax.nn.softplus(-margins), reduction, where=where,
+                           denominator=None)
+
+
+def _check_multilabel(logits, labels, *, class_weights=None, where=None, reduction="none"):
+    check_in_range("labels", labels, 0, 1)
+    if class_weights is not None:
+        check_in_range("class_weights", class_weights, 0, None)
+
+
+@register_checks(_check_multilabel)
+@functools.partial(jax.jit, static_argnames=("reduction",))
+def multilabel_soft_margin_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    class_weights: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Multi-label one-versus-all logistic loss (PyTorch ``multilabel_soft_margin_loss``).
+
+    .. math::
+      \ell(x, y) = -\frac1C \sum_{c=1}^C w_c \bigl[y_c \log\sigma(x_c)
+        + (1 - y_c) \log\sigma(-x_c)\bigr]
+      = \frac1C \sum_c w_c \bigl[y_c\,\mathrm{softplus}(-x_c)
+        + (1 - y_c)\,\mathrm{softplus}(x_c)\bigr]
+
+    .. math::
+      \frac{\partial \ell}{\partial x_c} = \frac{w_c}{C}\bigl(\sigma(x_c) - y_c\bigr),
+      \qquad \frac{\partial \ell}{\partial y_c} = -\frac{w_c}{C}\, x_c
+
+    One value per example: the class mean of :func:`sigmoid_binary_cross_entropy`,
+    each class scaled by its weight; the mean divides by :math:`C` whatever the
+    weights (they do not renormalize), as PyTorch's. The softplus form is exact at
+    logits :math:`\pm 10^{30}` (and gives the limits at :math:`\pm\infty`).
+
+    Args:
+      logits: ``[..., num_classes]``.
+      labels: targets in [0, 1] (hard or soft), broadcastable to ``logits``.
+      class_weights: :math:`w`, broadcastable to ``logits`` (usually one per class,
+        ``[num_classes]``; PyTorch's ``weight``).
+      where: boolean mask of the examples to include, broadcastable to
+        ``logits.shape[:-1]``.
+      reduction: ``"none"`` (default, one value per example), ``"mean"`` (over the
+        examples) or ``"sum"``.
+
+    Returns:
+      The losses, in ``promote_types(logits.dtype, float32)``.
+
+    References:
+      PyTorch, `torch.nn.MultiLabelSoftMarginLoss
+      <https://docs.pytorch.org/docs/stable/generated/torch.nn.MultiLabelSoftMarginLoss.html>`_.
+    """
+    logits = _validate.floating("logits", logits)
+    labels = _validate.numeric("labels", labels)
+    reduction = _validate.reduction(reduction)
+    where = _validate.mask("where", where)
+    if logits.ndim < 1:
+        raise ValueError(f"logits must have a class axis, got {_validate.describe(logits)}")
+    if class_weights is not None:
+        class_weights = _validate.numeric("class_weights", class_weights)
+    _validate.broadcasts_to("logits", logits, labels=labels, class_weights=class_weights)
+    batch = logits.shape[:-1]
+    if where is not None:
+        _validate.broadcasts_to("logits without the class axis",
+                               jax.ShapeDtypeStruct(batch, jnp.bool_), where=where)
+        where = jnp.broadcast_to(where, batch)
+    dtype = _validate.compute_dtype(logits.dtype)
+    x = logits.astype(dtype)
+    y = jnp.broadcast_to(labels.astype(dtype), x.shape)
+    if where is not None:
+        # Masked rows are 0 before the loss is formed (no NaN leaks from them).
+        x, y = jnp.where(where[..., None], x, 0), jnp.where(where[..., None], y, 0)
+    terms = (_times_unless_infinite(y, jax.nn.softplus(-x))
+             + _times_unless_infinite(1 - y, jax.nn.softplus(x)))
+    if class_weights is not None:
+        terms = _times_unless_infinite(class_weights.astype(dtype), terms)
+    losses = overflow_safe_mean(terms, x.shape[-1], axis=-1)
+    return weighted_reduce(losses, reduction, where=where, denominator=None)

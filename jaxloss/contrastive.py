@@ -11,6 +11,7 @@ it inherits a finite gradient.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -35,6 +36,7 @@ __all__ = [
     "pairwise_distance",
     "siglip_loss",
     "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
 ]
 
 Metric = Literal["euclidean", "squared_euclidean", "cosine"]
@@ -161,6 +163,10 @@ def pairwise_distance(
 
     Returns:
       The distances, the broadcast shape without ``axis``.
+
+    References:
+      `Euclidean distance <https://en.wikipedia.org/wiki/Euclidean_distance>`_ and
+      `cosine similarity <https://en.wikipedia.org/wiki/Cosine_similarity>`_, Wikipedia.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -223,6 +229,10 @@ def contrastive_loss_from_distance(
       margin: :math:`m \ge 0`, the distance beyond which a dissimilar pair costs nothing.
       where: boolean mask of the pairs to include.
       reduction: ``"none"`` (default), ``"mean"`` or ``"sum"``.
+
+    References:
+      Hadsell, Chopra & LeCun, `Dimensionality Reduction by Learning an Invariant
+      Mapping <https://doi.org/10.1109/CVPR.2006.100>`_, CVPR 2006.
     """
     distances = _validate.floating("distances", distances)
     _validate.non_negative("margin", margin)
@@ -354,6 +364,114 @@ def triplet_margin_loss(
     # NaN stays NaN.
     losses = jnp.where(violation < 0, 0, violation)
     return weighted_reduce(losses, reduction, where=None, denominator=None)
+
+
+# PyTorch's pairwise_distance default, the distance of triplet_margin_with_distance_loss.
+_PAIRWISE_EPS = 1e-6
+
+
+def _pairwise_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+    r"""``torch.nn.functional.pairwise_distance(a, b)``: :math:`\lVert a - b + 10^{-6}
+    \rVert_2` over the last axis, with gradient 0 at distance 0."""
+    return _lp_distance(a, b, 2, jnp.asarray(_PAIRWISE_EPS, a.dtype))
+
+
+@_validate.jit(static_argnames=("distance_function", "swap", "reduction"),
+               checks={"margin": _validate.positive})
+def triplet_margin_with_distance_loss(
+    anchors: ArrayLike,
+    positives: ArrayLike,
+    negatives: ArrayLike,
+    *,
+    distance_function: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    margin: ArrayLike = 1.0,
+    swap: bool = False,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Triplet margin loss with a distance of your choice, as PyTorch's
+    ``torch.nn.functional.triplet_margin_with_distance_loss``
+    (``TripletMarginWithDistanceLoss``); optax has none.
+
+    .. math::
+      \ell = \max\bigl(d(a, p) - d(a, n) + m,\ 0\bigr), \qquad
+      \frac{\partial \ell}{\partial a} = [z \ge 0]\,
+        \bigl(\nabla_1 d(a, p) - \nabla_1 d(a, n)\bigr)
+
+    with :math:`z = d(a, p) - d(a, n) + m` and the whole gradient at the tie
+    :math:`z = 0` (PyTorch's ``clamp_min``); :math:`\partial \ell / \partial p =
+    [z \ge 0]\, \nabla_2 d(a, p)`, :math:`\partial \ell / \partial n =
+    -[z \ge 0]\, \nabla_2 d(a, n)`, :math:`\partial \ell / \partial m = [z \ge 0]`.
+    With ``swap=True``, :math:`d(a, n)` becomes :math:`\min(d(a, n), d(p, n))` (the
+    distance swap of Balntas et al.).
+
+    The default distance is PyTorch's ``pairwise_distance``,
+    :math:`d(x, y) = \lVert x - y + 10^{-6} \rVert_2` (what :func:`triplet_margin_loss`
+    uses by default), with gradient 0 where that is 0.
+
+    ``distance_function`` is a static argument of a ``jax.jit``: it is traced, as a pure
+    function of its two arguments, into the compiled loss, so it must be hashable and is
+    compared by identity. Pass the same function object each call (define it once, not
+    as a new ``lambda`` per step) or each call compiles anew. It receives the embeddings
+    broadcast together, ``[..., D]``, in the compute dtype (float32 for bf16/fp16
+    inputs), and returns one distance per triplet, ``[...]``; its gradient is JAX's
+    autodiff of it (e.g. ``lambda a, b: 1 - jaxloss.cosine_similarity(a, b)``).
+
+    Args:
+      anchors, positives, negatives: embeddings ``[..., D]``, broadcastable.
+      distance_function: ``(x, y) -> distances``, or None for ``pairwise_distance``.
+      margin: :math:`m > 0` (PyTorch raises otherwise; so does this, when the margin is
+        known at trace time).
+      swap: use the distance swap.
+      where: boolean mask of the triplets to include, broadcastable to ``[...]``.
+      reduction: ``"none"`` (default, one value per triplet), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The losses, shape ``[...]``, in ``promote_types(dtype, float32)`` (or the
+      distance's dtype, if that is wider).
+
+    References:
+      Balntas et al., `Learning local feature descriptors with triplets and shallow
+      convolutional neural networks <https://doi.org/10.5244/C.30.119>`_, BMVC 2016.
+    """
+    if distance_function is not None and not callable(distance_function):
+        raise TypeError(f"distance_function must be a callable (x, y) -> distances or None, "
+                        f"got {type(distance_function).__name__}")
+    _validate.positive("margin", margin)
+    reduction = _validate.reduction(reduction)
+    names = ("anchors", "positives", "negatives")
+    arrays = [_validate.floating(n, x) for n, x in zip(names, (anchors, positives, negatives),
+                                                      strict=True)]
+    shape = _validate.broadcast_shapes(names, *arrays)
+    if not shape:
+        raise ValueError("anchors, positives and negatives must have a feature axis")
+    margin = _validate.as_array("margin", margin)
+    if margin.ndim != 0:
+        raise ValueError(f"margin must be a scalar, got {_validate.describe(margin)}")
+    where = _validate.mask("where", where)
+    batch = shape[:-1]
+    _validate.broadcasts_to("the batch shape of anchors", jax.ShapeDtypeStruct(batch, bool),
+                            where=where)
+    dtype = _validate.compute_dtype(*(x.dtype for x in arrays))
+    a, p, n = (jnp.broadcast_to(x, shape).astype(dtype) for x in arrays)
+    if where is not None:
+        where = jnp.broadcast_to(where, batch)
+        a, p, n = (jnp.where(where[..., None], x, 0) for x in (a, p, n))
+    distance = _pairwise_distance if distance_function is None else distance_function
+
+    def d(x: jax.Array, y: jax.Array) -> jax.Array:
+        out = jnp.asarray(distance(x, y))
+        if tuple(out.shape) != batch:
+            raise ValueError(f"distance_function must return one distance per triplet, shape "
+                             f"{batch}, got {_validate.describe(out)}")
+        return out
+
+    positive, negative = d(a, p), d(a, n)
+    if swap:
+        negative = jnp.minimum(negative, d(p, n))
+    violation = positive - negative + margin.astype(dtype)
+    losses = jnp.where(violation < 0, 0, violation)  # clamp_min: whole gradient at the tie
+    return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 
 # ---------------------------------------------------------------------------------

@@ -222,6 +222,12 @@ def binary_dice_loss(
     class, the sigmoid of the logits against 0/1 (or soft) targets, summed over every
     axis but the first.
 
+    .. math::
+      \ell = 1 - \frac{I + s}{(P + T) / 2 + s}, \qquad
+      I = \sum_i p_i t_i, \; P = \sum_i p_i, \; T = \sum_i t_i, \; p = \sigma(x)
+
+    (:math:`s` is ``smooth``), with the gradient of :func:`dice_loss`.
+
     Args:
       predictions: logits (probabilities with ``apply_sigmoid=False``), ``[batch, ...]``
         or ``[batch, ..., 1]``.
@@ -233,6 +239,10 @@ def binary_dice_loss(
     Returns:
       ``[batch]`` (``[batch, ...]`` less the summed axes), in
       ``promote_types(dtype, float32)``.
+
+    References:
+      Milletari, Navab and Ahmadi, `V-Net: Fully Convolutional Neural Networks for
+      Volumetric Medical Image Segmentation <https://arxiv.org/abs/1606.04797>`_, 3DV 2016.
     """
     predictions, targets = _pair(predictions, targets)
     if predictions.ndim == targets.ndim and predictions.ndim and predictions.shape[-1] != 1:

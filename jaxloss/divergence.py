@@ -134,6 +134,10 @@ def kl_divergence_with_log_targets(
       axis: axis or axes holding the distribution (None: all).
       where: boolean mask of the elements to include.
       reduction: ``"none"`` (default), ``"mean"`` or ``"sum"``.
+
+    References:
+      Kullback and Leibler, `On Information and Sufficiency
+      <https://doi.org/10.1214/aoms/1177729694>`_, Ann. Math. Statist. 1951.
     """
     reduction = _validate.reduction(reduction)
     lp, lt, where, reduced = _inputs(log_predictions, log_targets, "log_targets", where, axis)

@@ -178,5 +178,10 @@ def safe_softmax_cross_entropy(
       labels: target distributions broadcastable to ``logits``.
       where: a boolean mask of classes (the shape of ``logits``) or of rows.
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+
+    References:
+      Goodfellow, Bengio and Courville, `Deep Learning
+      <https://www.deeplearningbook.org/contents/mlp.html>`_, section 6.2.2.3 (softmax
+      units for multinoulli output distributions), MIT Press 2016.
     """
     return softmax_cross_entropy(logits, labels, where=where, reduction=reduction)

@@ -1,5 +1,5 @@
 r"""Log-cosh, cosine similarity and cosine distance (optax's regression losses that
-``jaxloss.regression`` does not hold).
+``jaxloss.regression`` does not hold), and PyTorch's cosine embedding loss.
 
 - ``log_cosh`` is exact across the whole range: :math:`\log(1 + 2\sinh^2(x/2))` near
   0 (no cancellation, so :math:`x^2/2` keeps its relative precision) and
@@ -9,6 +9,10 @@ r"""Log-cosh, cosine similarity and cosine distance (optax's regression losses t
   to the float32 maximum neither overflow nor underflow (optax 0.2.8 returns 0 for
   vectors of norm above about 1e19), and give a zero vector (with ``epsilon=0``)
   similarity 0 and gradient 0, where optax 0.2.8 gives NaN for both.
+- ``cosine_embedding_loss`` adds PyTorch's :math:`\epsilon = 10^{-12}` to each squared
+  norm, as PyTorch does, on the same scaled vectors: its values and gradients are
+  PyTorch's (finite at a zero vector), without the overflow of PyTorch's float32
+  product of squared norms.
 
 The derivatives are autodiff of these forms (the branches guarded by a double
 ``where``), so there is no custom_vjp.
@@ -22,10 +26,13 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _axes, _validate
-from jaxloss._math import safe_divide
+from jaxloss._math import safe_divide, safe_sqrt
 from jaxloss._reduce import Axis, Reduction, weighted_reduce
 
-__all__ = ["cosine_distance", "cosine_similarity", "log_cosh"]
+__all__ = ["cosine_distance", "cosine_embedding_loss", "cosine_similarity", "log_cosh"]
+
+# What PyTorch's cosine_embedding_loss adds to each squared norm (ATen's EPSILON).
+_TORCH_COSINE_EPS = 1e-12
 
 # Below it log1p(2 sinh^2(x/2)) is used, above it |x| + softplus(-2|x|) - log 2; the
 # latter is at least 0.43 there, so its cancellation costs at most a few ulps.
@@ -91,19 +98,24 @@ def log_cosh(
     return weighted_reduce(_log_cosh(errors), reduction, where=where, denominator=None)
 
 
-def _unit(x: jax.Array, epsilon: jax.Array, reduced: tuple[int, ...]) -> jax.Array:
-    r""":math:`x / \sqrt{\max(\lVert x \rVert^2, \epsilon)}` over ``reduced``, formed
-    from :math:`x / s` with :math:`s = \max |x|` (a constant for the gradient), and 0
-    with gradient 0 where the denominator is 0."""
+def _unit(x: jax.Array, epsilon: jax.Array, reduced: tuple[int, ...], *,
+          additive: bool = False) -> jax.Array:
+    r""":math:`x / \sqrt{\max(\lVert x \rVert^2, \epsilon)}` over ``reduced`` (optax's
+    clip), or :math:`x / \sqrt{\lVert x \rVert^2 + \epsilon}` with ``additive``
+    (PyTorch's ``cosine_embedding_loss``), formed from :math:`x / s` with
+    :math:`s = \max |x|` (a constant for the gradient), and 0 with gradient 0 where the
+    denominator is 0."""
     scale = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=reduced, keepdims=True))
     scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1)
     root = jnp.sqrt(scale)
     scaled = x / root / root  # twice by sqrt(s): 1/s stays out of the subnormals
     squares = jnp.sum(jnp.square(scaled), axis=reduced, keepdims=True)
-    # sqrt(max(|x|^2, eps)) / s = max(|x / s|, sqrt(eps) / s), both sides finite.
     floor = jnp.sqrt(epsilon) / root / root
-    zero = squares == 0
-    norm = jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, squares)))
+    norm = safe_sqrt(squares)
+    if additive:
+        # sqrt(|x|^2 + eps) / s = hypot(|x / s|, sqrt(eps) / s), without overflow.
+        return safe_divide(scaled, jnp.hypot(norm, floor))
+    # sqrt(max(|x|^2, eps)) / s = max(|x / s|, sqrt(eps) / s), both sides finite.
     return safe_divide(scaled, jnp.maximum(norm, floor))
 
 
@@ -195,7 +207,103 @@ def cosine_distance(
     ``epsilon=0``) is at distance 1 with gradient 0, where optax 0.2.8 gives NaN.
     ``where``-masked pairs (no element selected) give 0, not 1, and are left out of
     ``"mean"``.
+
+    Args:
+      predictions: vectors along ``axis``.
+      targets: vectors broadcastable to ``predictions``.
+      epsilon: floor of each norm (optax's); 0 by default.
+      axis: the vector axis or axes.
+      where: boolean mask of the elements to include.
+      reduction: ``"none"`` (default, one value per vector), ``"mean"`` or ``"sum"``.
+
+    References:
+      `Cosine similarity <https://en.wikipedia.org/wiki/Cosine_similarity>`_, Wikipedia.
     """
     reduction = _validate.reduction(reduction)
     similarity, where, reduced = _cosine(predictions, targets, epsilon, axis, where)
     return _axes.finish(1 - similarity, reduction, where, reduced)
+
+
+def cosine_embedding_loss(
+    input1: ArrayLike,
+    input2: ArrayLike,
+    targets: ArrayLike,
+    *,
+    margin: ArrayLike = 0.0,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Cosine embedding loss, as PyTorch's ``torch.nn.functional.cosine_embedding_loss``
+    (``CosineEmbeddingLoss``); optax has none.
+
+    With PyTorch's :math:`\epsilon = 10^{-12}` added to each squared norm,
+
+    .. math::
+      c = \frac{x_1 \cdot x_2}{\sqrt{(\lVert x_1 \rVert^2 + \epsilon)
+                                      (\lVert x_2 \rVert^2 + \epsilon)}}, \qquad
+      \ell(x_1, x_2, y) = \begin{cases}
+        1 - c & y = 1 \\
+        \max(0, c - m) & y = -1 \\
+        0 & \text{any other } y
+      \end{cases}
+
+    .. math::
+      \frac{\partial c}{\partial x_1} = \frac{\hat x_2 - c\, \hat x_1}
+        {\sqrt{\lVert x_1 \rVert^2 + \epsilon}}, \qquad
+      \hat x = \frac{x}{\sqrt{\lVert x \rVert^2 + \epsilon}}
+
+    so :math:`\partial \ell / \partial x_1 = -\partial c / \partial x_1` for
+    :math:`y = 1` and :math:`\partial c / \partial x_1\,[c - m \ge 0]` for
+    :math:`y = -1` (the whole gradient at the tie :math:`c = m`, as PyTorch's
+    ``clamp_min``), and symmetrically for :math:`x_2`. A zero vector has :math:`c = 0`
+    and the finite gradient :math:`\hat x_2 / \sqrt\epsilon` that PyTorch gives (the
+    :math:`\epsilon` makes the loss differentiable there). The norms are formed from
+    the vectors divided by their largest component (as :func:`cosine_similarity`), so
+    vectors of any finite size give the right cosine, where PyTorch's float32 product of
+    squared norms overflows above about 1e19.
+
+    Args:
+      input1, input2: the embeddings, ``[..., dim]``, broadcastable together; the
+        cosine is over the last axis.
+      targets: :math:`y \in \{-1, 1\}`, broadcastable to the batch shape ``[...]``
+        (gradient 0).
+      margin: :math:`m` (PyTorch suggests :math:`[0, 0.5]` and checks nothing).
+      where: boolean mask of the pairs to include, broadcastable to ``[...]``.
+      reduction: ``"none"`` (default, one value per pair), ``"mean"`` or ``"sum"``.
+
+    Returns:
+      The losses, shape ``[...]``, in ``promote_types(dtype, float32)``.
+
+    References:
+      `CosineEmbeddingLoss
+      <https://pytorch.org/docs/stable/generated/torch.nn.CosineEmbeddingLoss.html>`_,
+      PyTorch documentation.
+    """
+    reduction = _validate.reduction(reduction)
+    a = _validate.floating("input1", input1)
+    b = _validate.floating("input2", input2)
+    y = _validate.numeric("targets", targets)
+    margin = _validate.as_array("margin", margin)
+    if margin.ndim != 0:
+        raise ValueError(f"margin must be a scalar, got {_validate.describe(margin)}")
+    where = _validate.mask("where", where)
+    shape = _validate.broadcast_shapes(("input1", "input2"), a, b)
+    if not shape:
+        raise ValueError(f"input1 and input2 must have a feature axis, got input1 "
+                         f"{_validate.describe(a)}, input2 {_validate.describe(b)}")
+    batch = jax.ShapeDtypeStruct(shape[:-1], jnp.bool_)
+    _validate.broadcasts_to("the batch shape of the inputs", batch, targets=y, where=where)
+    dtype = _validate.compute_dtype(a.dtype, b.dtype)
+    a, b = jnp.broadcast_to(a, shape).astype(dtype), jnp.broadcast_to(b, shape).astype(dtype)
+    if where is not None:
+        where = jnp.broadcast_to(where, batch.shape)
+        a, b = jnp.where(where[..., None], a, 0), jnp.where(where[..., None], b, 0)
+    eps = jnp.asarray(_TORCH_COSINE_EPS, dtype)
+    last = (len(shape) - 1,)
+    c = jnp.sum(_unit(a, eps, last, additive=True) * _unit(b, eps, last, additive=True),
+                axis=-1)
+    y = jnp.broadcast_to(y, batch.shape)
+    violation = c - margin.astype(dtype)
+    losses = (jnp.where(y == 1, 1 - c, 0)
+              + jnp.where(y == -1, jnp.where(violation < 0, 0, violation), 0))
+    return weighted_reduce(losses, reduction, where=where, denominator=None)

@@ -19,6 +19,7 @@ options; ``jaxloss check`` prints the result.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -808,6 +809,10 @@ def _ref_multiclass_sparsemax(s, labels, *, where=None, reduction="none", **_):
     return _reduce(losses, reduction, where)
 
 
+CASE_MODULES = ("jaxloss._cases_torch_a", "jaxloss._cases_torch_b", "jaxloss._cases_sequence",
+                "jaxloss._cases_ranking")
+
+
 def builtin_cases(seed: int = 0) -> list[CheckCase]:
     """The cases ``jaxloss check`` runs: every public loss, each differentiable
     argument, and the options (``where``, ``ignore_index``, ``reduction``, metrics,
@@ -1269,4 +1274,7 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
                       np.array([[0.9, 0.1, 0.1], [0.0, 0.8, 0.0]]),
                       (np.full((2, 3), 0.8), -0.5))),)),
     ]
+    # The families added later keep their references and cases in their own modules.
+    for i, module in enumerate(CASE_MODULES):
+        cases += importlib.import_module(module).cases(np.random.default_rng([seed, i]))
     return cases

@@ -25,6 +25,7 @@ OPTAX_NAMESAKES = {
     "softmax_cross_entropy_with_integer_labels",
     "ntxent",
     "triplet_margin_loss",
+    "ctc_loss",
 }
 
 

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
+import torch.nn.functional as F
 from absl.testing import absltest, parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from jaxloss.classification import multilabel_soft_margin_loss, nll_loss, soft_margin_loss
 from jaxloss.testing import (
     assert_finite_differences,
     assert_grads_finite,
@@ -769,6 +772,319 @@ def test_checked_raises_on_bad_values():
     checked_partial(LOGITS, np.where(np.arange(N) == 2, -100, LABELS))
     with pytest.raises(checkify.JaxRuntimeError, match="labels must be class ids in"):
         checked_partial(LOGITS, np.where(np.arange(N) == 2, 7, LABELS))
+
+
+# ---------------------------------------------------------------------------------
+# PyTorch's nll_loss, soft_margin_loss and multilabel_soft_margin_loss: values against
+# float64 references and torch.nn.functional (values and gradients), extremes, bad input.
+
+TRNG = np.random.default_rng(1)
+T_LOGITS = TRNG.normal(size=(2, 3, C)) * 3  # [N, d, C]: the class axis last
+T_LOG_PROBS = np.asarray(T_LOGITS - np.log(np.exp(T_LOGITS).sum(-1, keepdims=True)))
+T_LABELS = TRNG.integers(0, C, size=(2, 3))
+T_IGNORED = np.where(TRNG.uniform(size=(2, 3)) < 0.3, -100, T_LABELS)
+T_IGNORED[0, 0] = -100
+T_ROWS = np.array([[True, False, True], [True, True, False]])
+T_SIGNS = np.where(TRNG.uniform(size=(2, 3, C)) < 0.5, -1.0, 1.0)
+T_SOFT = TRNG.uniform(size=(2, 3, C))
+T_WEIGHTS = TRNG.uniform(0.5, 2.0, size=C)
+T_ELEMENTS = TRNG.uniform(size=(2, 3, C)) < 0.7
+
+
+def ref_nll(lp, labels, weight=None, ignore_index=None, where=None, reduction="none", xp=np):
+    """PyTorch's NLLLoss written out: -w_y lp_y per row, weighted mean over kept rows."""
+    c = lp.shape[-1]
+    w = xp.ones(c) if weight is None else weight
+    one_hot = labels[..., None] == xp.arange(c)
+    keep = xp.ones(labels.shape, bool) if where is None else xp.asarray(where)
+    if ignore_index is not None:
+        keep = keep & (labels != ignore_index)
+    w_y = xp.where(keep, xp.sum(xp.where(one_hot, w, 0), axis=-1), 0)
+    losses = -w_y * xp.sum(xp.where(one_hot, lp, 0), axis=-1)
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.sum() / w_y.sum()
+
+
+def ref_soft_margin(x, y, where=None, reduction="none", xp=np):
+    return _ref_reduce(xp.log(1 + xp.exp(-y * x)), reduction, where, xp)
+
+
+def ref_multilabel(x, y, weight=None, where=None, reduction="none", xp=np):
+    s = 1 / (1 + xp.exp(-x))
+    terms = -(y * xp.log(s) + (1 - y) * xp.log(1 - s))
+    if weight is not None:
+        terms = terms * weight
+    return _ref_reduce(terms.mean(axis=-1), reduction, where, xp)
+
+
+def _ref_reduce(losses, reduction, where, xp=np):
+    m = xp.ones(losses.shape, bool) if where is None else xp.broadcast_to(where, losses.shape)
+    losses = xp.where(m, losses, 0)
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.sum() / m.sum()
+
+
+# name: (loss, reference, args, masks, option sets)
+_TORCH_A = {
+    "nll_loss": (nll_loss, ref_nll, (T_LOG_PROBS, T_LABELS), T_ROWS,
+                 ({}, {"class_weights": T_WEIGHTS, "ignore_index": -100})),
+    "soft_margin_loss": (soft_margin_loss, ref_soft_margin, (T_LOGITS, T_SIGNS), T_ELEMENTS,
+                         ({},)),
+    "multilabel_soft_margin_loss": (multilabel_soft_margin_loss, ref_multilabel,
+                                    (T_LOGITS, T_SOFT), T_ROWS,
+                                    ({}, {"class_weights": T_WEIGHTS})),
+}
+
+
+def _ref_kwargs(kw):
+    """The reference's names of the options (PyTorch's ``weight``)."""
+    return {("weight" if k == "class_weights" else k): v for k, v in kw.items()}
+
+
+class TorchLossValueTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*_TORCH_A)
+    def test_values_vs_float64_reference(self, name):
+        loss, ref, args, mask, options = _TORCH_A[name]
+        x32 = args[0].astype(np.float32)
+        # Each reduction with and without a mask, the options on the last two.
+        combos = [(options[0], None, "none"), (options[0], mask, "mean"),
+                  (options[-1], mask, "sum"), (options[-1], None, "mean")]
+        for kw, where, reduction in combos:
+            y = T_IGNORED if "ignore_index" in kw else args[1]
+            got = self.variant(lambda x, y, kw=kw, where=where, reduction=reduction: loss(
+                x, y, where=where, reduction=reduction, **kw))(x32, y)
+            want = ref(args[0], y, where=where, reduction=reduction, **_ref_kwargs(kw))
+            chex.assert_shape(got, np.shape(want))
+            assert got.dtype == jnp.float32
+            chex.assert_trees_all_close(got, want, rtol=2e-6, atol=2e-6)
+
+
+def _torch_value_and_vjp(fn, args, argnums, cotangent):
+    tensors = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+    for i in argnums:
+        tensors[i].requires_grad_(True)
+    out = fn(*tensors)
+    grads = torch.autograd.grad(out, [tensors[i] for i in argnums],
+                                grad_outputs=torch.tensor(cotangent))
+    return out.detach().numpy(), [g.numpy() for g in grads]
+
+
+def _jax_value_and_vjp(fn, args, argnums, cotangent):
+    def bound(*diff):
+        full = list(args)
+        for i, d in zip(argnums, diff, strict=True):
+            full[i] = d
+        return fn(*full)
+
+    out, pullback = jax.vjp(bound, *(jnp.asarray(args[i]) for i in argnums))
+    return np.asarray(out), [np.asarray(g) for g in pullback(jnp.asarray(cotangent))]
+
+
+# (jaxloss, torch, args, argnums): torch.nn.functional takes the class axis at dim 1.
+_TORCH_CONFORMANCE = {
+    "nll_loss": (nll_loss, lambda lp, y, **kw: F.nll_loss(lp.movedim(-1, 1), y, **kw),
+                 (T_LOG_PROBS, T_LABELS), (0,), {}),
+    "nll_loss[weights,ignore_index]": (
+        lambda lp, y, **kw: nll_loss(lp, y, class_weights=T_WEIGHTS, ignore_index=-100, **kw),
+        lambda lp, y, **kw: F.nll_loss(lp.movedim(-1, 1), y, weight=torch.tensor(T_WEIGHTS),
+                                       ignore_index=-100, **kw),
+        (T_LOG_PROBS, T_IGNORED), (0,), {}),
+    "nll_loss[ignore_index inside the classes,2d]": (
+        lambda lp, y, **kw: nll_loss(lp, y, ignore_index=2, class_weights=T_WEIGHTS, **kw),
+        lambda lp, y, **kw: F.nll_loss(lp, y, ignore_index=2, weight=torch.tensor(T_WEIGHTS),
+                                       **kw),
+        (T_LOG_PROBS[0], T_LABELS[0]), (0,), {}),
+    "soft_margin_loss": (soft_margin_loss, F.soft_margin_loss, (T_LOGITS, T_SIGNS), (0,), {}),
+    "multilabel_soft_margin_loss": (
+        lambda x, y, **kw: multilabel_soft_margin_loss(x, y, class_weights=T_WEIGHTS, **kw),
+        lambda x, y, **kw: F.multilabel_soft_margin_loss(x, y, weight=torch.tensor(T_WEIGHTS),
+                                                         **kw),
+        (T_LOGITS, T_SOFT), (0, 1), {}),
+}
+
+
+@pytest.mark.parametrize("case", list(_TORCH_CONFORMANCE))
+def test_torch_conformance_values_and_gradients(case, x64):
+    """reduction="none" values and vector-Jacobian products equal torch's (float64);
+    "mean" and "sum" follow PyTorch's definitions."""
+    ours, theirs, args, argnums, _ = _TORCH_CONFORMANCE[case]
+    for reduction in ("none", "mean", "sum"):
+        shape = np.shape(theirs(*(torch.tensor(a) for a in args), reduction=reduction))
+        cotangent = np.random.default_rng(2).normal(size=shape)
+        got, got_grads = _jax_value_and_vjp(
+            lambda *a, r=reduction: ours(*a, reduction=r), args, argnums, cotangent)
+        want, want_grads = _torch_value_and_vjp(
+            lambda *a, r=reduction: theirs(*a, reduction=r), args, argnums, cotangent)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14, err_msg=reduction)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14, err_msg=reduction)
+
+
+def test_nll_loss_is_cross_entropy_of_the_logits():
+    chex.assert_trees_all_close(
+        nll_loss(jax.nn.log_softmax(LOGITS), LABELS, class_weights=WEIGHTS, reduction="mean"),
+        ice(LOGITS, LABELS, class_weights=WEIGHTS, reduction="mean"), rtol=1e-6)
+
+
+def test_torch_a_gradients_vs_reference(x64):
+    w = jnp.asarray(T_WEIGHTS)
+    assert_vjp_matches_reference(
+        lambda lp, w: nll_loss(lp, T_IGNORED, class_weights=w, ignore_index=-100,
+                               where=T_ROWS, reduction="mean"),
+        lambda lp, w: ref_nll(lp, T_IGNORED, w, -100, T_ROWS, "mean", jnp),
+        T_LOG_PROBS, w, argnums=(0, 1))
+    assert_vjp_matches_reference(soft_margin_loss, lambda x, y: ref_soft_margin(x, y, xp=jnp),
+                                 T_LOGITS, T_SIGNS, argnums=(0, 1))
+    assert_vjp_matches_reference(
+        lambda x, y, w: multilabel_soft_margin_loss(x, y, class_weights=w),
+        lambda x, y, w: ref_multilabel(x, y, w, xp=jnp), T_LOGITS, T_SOFT, w,
+        argnums=(0, 1, 2))
+    assert_finite_differences(
+        lambda lp, w: nll_loss(lp, T_LABELS, class_weights=w, reduction="mean"),
+        T_LOG_PROBS, w, argnums=(0, 1), order=1)
+    assert_finite_differences(soft_margin_loss, T_LOGITS, T_SIGNS, argnums=(0, 1), order=1)
+    assert_finite_differences(
+        lambda x, y, w: multilabel_soft_margin_loss(x, y, class_weights=w, reduction="sum"),
+        T_LOGITS, T_SOFT, w, argnums=(0, 1, 2), order=1)
+
+
+def test_torch_a_extremes_exact():
+    # nll_loss reads only the label's entry: -inf elsewhere is harmless; a weight of 0
+    # removes a row whose log-probability is -inf.
+    lp = np.array([[-np.inf, 0.0, -np.inf], [0.0, -np.inf, -1e30], [0.0, -np.inf, -3.0]],
+                  np.float32)
+    labels = np.array([1, 2, 1])
+    out, pullback = jax.vjp(lambda lp: nll_loss(lp, labels, class_weights=np.array(
+        [1.0, 0.0, 1.0], np.float32)), lp)
+    np.testing.assert_array_equal(out, np.array([0.0, 1e30, 0.0], np.float32))
+    np.testing.assert_array_equal(pullback(jnp.ones(3))[0],
+                                  [[0, 0, 0], [0, 0, -1], [0, 0, 0]])
+    # soft_margin_loss: softplus(-y x), exact at +-1e30 and at the float32 maximum.
+    x = np.array([1e30, 1e30, -1e30, -1e30, 0.0, 3e38, np.inf], np.float32)
+    y = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0], np.float32)
+    out, pullback = jax.vjp(soft_margin_loss, x, y)
+    np.testing.assert_array_equal(out, np.array([0, 1e30, 1e30, 0, np.log(2), 3e38, 0],
+                                                np.float32))
+    gx, gy = pullback(jnp.ones(7))
+    np.testing.assert_array_equal(gx, [0, 1, -1, 0, -0.5, 1, 0])
+    # (d/dy at x = inf is -inf * 0: not asserted.)
+    np.testing.assert_array_equal(gy[:6], np.array([0, -1e30, 1e30, 0, 0, -3e38], np.float32))
+    # multilabel_soft_margin_loss: per class softplus, mean over C = 4.
+    x = np.array([[1e30, -1e30, 1e30, -1e30], [np.inf, -np.inf, 2.0, -2.0]], np.float32)
+    y = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.5, 0.5]], np.float32)
+    out, pullback = jax.vjp(multilabel_soft_margin_loss, x, y)
+    chex.assert_trees_all_close(out, np.array([5e29, (2 + 2 * np.log1p(np.exp(-2.0))) / 4],
+                                              np.float32), rtol=2e-7)
+    gx, gy = pullback(jnp.ones(2))
+    np.testing.assert_array_equal(gx[0], [0, 0, 0.25, -0.25])
+    np.testing.assert_array_equal(gx[1, :2], [0, 0])
+    np.testing.assert_array_equal(gy[0], np.array([-2.5e29, 2.5e29, -2.5e29, 2.5e29],
+                                                  np.float32))
+    # A class weight of 0 removes an infinite term.
+    out = multilabel_soft_margin_loss(x[1:], np.zeros((1, 4), np.float32),
+                                      class_weights=np.array([0.0, 1, 1, 1], np.float32))
+    want = (np.log1p(np.exp(2.0)) + np.log1p(np.exp(-2.0))) / 4
+    chex.assert_trees_all_close(out, np.array([want], np.float32), rtol=2e-7)
+
+
+def test_torch_a_low_precision_computes_in_float32():
+    for dtype in (jnp.bfloat16,):
+        x = jnp.asarray(T_LOGITS, dtype)
+        lp = jnp.asarray(T_LOG_PROBS, dtype)
+        for fn, args in ((nll_loss, (lp, T_LABELS)), (soft_margin_loss, (x, T_SIGNS)),
+                         (multilabel_soft_margin_loss, (x, T_SOFT))):
+            out, pullback = jax.vjp(lambda a, fn=fn, args=args: fn(a, *args[1:]), args[0])
+            assert out.dtype == jnp.float32, (fn.__name__, out.dtype)
+            assert pullback(jnp.ones_like(out))[0].dtype == dtype
+            want = fn(np.asarray(args[0], np.float32), *args[1:])
+            chex.assert_trees_all_close(out, want, rtol=1e-6)
+    # bf16 scores of 1e30 (softplus in float32, not bf16).
+    big = jnp.array([1e30, -1e30], jnp.bfloat16)
+    chex.assert_trees_all_close(soft_margin_loss(big, np.array([-1.0, 1.0])),
+                                np.full(2, float(jnp.bfloat16(1e30)), np.float32), rtol=0)
+
+
+def test_nll_loss_no_row_kept_and_bad_labels():
+    labels = np.full(N, -100)
+    lp = np.asarray(jax.nn.log_softmax(LOGITS))
+    value, grads = jax.value_and_grad(lambda lp, w: nll_loss(
+        lp, labels, ignore_index=-100, class_weights=w, reduction="mean"), (0, 1))(lp, WEIGHTS)
+    assert float(value) == 0.0  # PyTorch gives NaN (0 / 0)
+    np.testing.assert_array_equal(grads[0], 0.0)
+    np.testing.assert_array_equal(grads[1], 0.0)
+    # A label out of range: NaN loss and gradient on its row, the others untouched.
+    bad = LABELS.copy()
+    bad[2] = C
+    out, pullback = jax.vjp(lambda lp: nll_loss(lp, bad), lp)
+    assert np.isnan(out[2]) and np.all(np.isfinite(np.delete(np.asarray(out), 2)))
+    grad = np.asarray(pullback(jnp.ones(N))[0])
+    assert np.isnan(grad[2]).any() and np.isfinite(np.delete(grad, 2, axis=0)).all()
+    with pytest.raises(checkify.JaxRuntimeError, match="labels must be class ids in"):
+        jaxloss.checked(nll_loss)(lp, bad)
+    jaxloss.checked(nll_loss)(lp, np.where(np.arange(N) == 2, -100, LABELS), ignore_index=-100)
+    with pytest.raises(checkify.JaxRuntimeError, match="labels must lie in"):
+        jaxloss.checked(multilabel_soft_margin_loss)(LOGITS, BINARY * 2)
+
+
+def test_torch_a_masked_non_finite_does_not_leak():
+    lp = np.array(T_LOG_PROBS, np.float32)
+    lp[~T_ROWS] = np.nan
+    x = np.array(T_LOGITS, np.float32)
+    x[~T_ROWS] = np.inf
+    x_el = np.where(T_ELEMENTS, T_LOGITS, np.nan).astype(np.float32)
+    for fn, args, where in ((nll_loss, (lp, T_LABELS), T_ROWS),
+                            (multilabel_soft_margin_loss, (x, T_SOFT), T_ROWS),
+                            (soft_margin_loss, (x_el, T_SIGNS), T_ELEMENTS)):
+        value, grad = jax.value_and_grad(lambda a, fn=fn, args=args, where=where: fn(
+            a, *args[1:], where=where, reduction="mean"))(args[0])
+        chex.assert_tree_all_finite((value, grad))
+
+
+def test_torch_a_composition(on_cpu):
+    f = jax.jit(jax.vmap(nll_loss))
+    chex.assert_trees_all_close(f(T_LOG_PROBS, T_LABELS), nll_loss(T_LOG_PROBS, T_LABELS))
+    x, y = T_LOGITS[0, 0], T_SOFT[0, 0]
+    h = jax.hessian(lambda x: multilabel_soft_margin_loss(x, y, class_weights=T_WEIGHTS))(x)
+    s = jax.nn.sigmoid(x)
+    chex.assert_trees_all_close(h, np.diag(T_WEIGHTS * s * (1 - s) / C), rtol=1e-5, atol=1e-7)
+    h = jax.hessian(lambda x: jnp.sum(soft_margin_loss(x, T_SIGNS[0, 0])))(x)
+    chex.assert_trees_all_close(h, np.diag(s * (1 - s)), rtol=1e-5, atol=1e-7)
+    rows = np.asarray(jax.nn.log_softmax(LOGITS)).reshape(4, N // 4, C)
+    got = jax.pmap(lambda lp, y: nll_loss(lp, y, reduction="sum"), devices=on_cpu)(
+        rows, LABELS.reshape(4, -1))
+    chex.assert_trees_all_close(got.sum(), nll_loss(rows.reshape(N, C), LABELS,
+                                                    reduction="sum"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: nll_loss(LOGITS, LABELS.astype(np.float32)), TypeError, ["labels", "integer"]),
+    (lambda: nll_loss(LOGITS.astype(np.int32), LABELS), TypeError, ["log_probs"]),
+    (lambda: nll_loss(LOGITS, LABELS[:3]), ValueError, ["labels", "(3,)", "(8,)"]),
+    (lambda: nll_loss(LOGITS[0, 0], LABELS[0]), ValueError, ["log_probs", "class axis"]),
+    (lambda: nll_loss(LOGITS, LABELS, class_weights=WEIGHTS[:3]), ValueError,
+     ["class_weights"]),
+    (lambda: nll_loss(LOGITS, LABELS, where=np.ones(3, bool)), ValueError, ["where"]),
+    (lambda: nll_loss(LOGITS, LABELS, reduction="avg"), ValueError, ["reduction"]),
+    (lambda: soft_margin_loss(LOGITS, BINARY[:3]), ValueError, ["targets", "predictions"]),
+    (lambda: soft_margin_loss(LABELS, LABELS), TypeError, ["predictions"]),
+    (lambda: soft_margin_loss(LOGITS, BINARY, where=CLASS_MASK[:, :2]), ValueError,
+     ["where"]),
+    (lambda: multilabel_soft_margin_loss(LOGITS, BINARY[:3]), ValueError, ["labels"]),
+    (lambda: multilabel_soft_margin_loss(LOGITS, BINARY, class_weights=WEIGHTS[:2]),
+     ValueError, ["class_weights"]),
+    (lambda: multilabel_soft_margin_loss(LOGITS, BINARY, where=CLASS_MASK), ValueError,
+     ["where"]),
+    (lambda: multilabel_soft_margin_loss(np.float32(1.0), 1.0), ValueError, ["logits"]),
+])
+def test_torch_a_bad_input(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
 
 
 if __name__ == "__main__":

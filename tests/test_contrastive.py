@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 from jax.experimental import checkify
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from jaxloss.contrastive import triplet_margin_with_distance_loss as triplet_with_distance
 from jaxloss.testing import (
     assert_finite_differences,
     assert_grads_finite,
@@ -1128,3 +1130,165 @@ def test_chunked_info_nce_memory(symmetric):
     whole, chunked = temp_bytes(None), temp_bytes(1024)
     assert whole >= 8192 * 8192 * 4  # the B x B score matrix, at least
     assert chunked <= whole / 4, (chunked, whole)
+
+
+# ---------------------------------------------------------------------------------
+# triplet_margin_with_distance_loss (PyTorch's TripletMarginWithDistanceLoss).
+
+
+def cosine_distance_fn(x, y):
+    """A user distance: 1 - cosine similarity (one function object: one compilation)."""
+    return 1 - jaxloss.cosine_similarity(x, y)
+
+
+def torch_cosine_distance_fn(x, y):
+    return 1 - torch.nn.functional.cosine_similarity(x, y)
+
+
+W_MARGIN = 0.5  # cosine distances lie in [0, 2]: active and inactive rows
+W_ROWS = np.array([True, False, True, True, True, False, True, True])
+W_OPTIONS = {  # id: (ours, torch's, swap)
+    "default": (None, None, False),
+    "default-swap": (None, None, True),
+    "cosine": (cosine_distance_fn, torch_cosine_distance_fn, False),
+    "cosine-swap": (cosine_distance_fn, torch_cosine_distance_fn, True),
+}
+
+
+@functools.partial(jax.jit, static_argnames=("cosine", "swap"))
+def ref_triplet_with_distance(a, p, n, margin=1.0, cosine=False, swap=False):
+    def dist(x, y):
+        if cosine:
+            return 1 - jnp.sum(x * y, -1) / (jnp.linalg.norm(x, axis=-1)
+                                             * jnp.linalg.norm(y, axis=-1))
+        return jnp.linalg.norm(x - y + 1e-6, axis=-1)  # torch.pairwise_distance
+
+    d_an = dist(a, n)
+    if swap:
+        d_an = jnp.minimum(d_an, dist(p, n))
+    return jnp.maximum(dist(a, p) - d_an + margin, 0)
+
+
+def _torch_triplet_with_distance(a, p, n, **kwargs):
+    ts = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (a, p, n)]
+    out = torch.nn.functional.triplet_margin_with_distance_loss(*ts, **kwargs)
+    out.sum().backward()
+    return out.detach().numpy(), tuple(t.grad.numpy() for t in ts)
+
+
+class TripletWithDistanceTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_vs_reference(self):
+        with jax.enable_x64(True):
+            a, p, n = EA.astype(float), EB.astype(float), EC.astype(float)
+
+            @self.variant
+            def f(a, p, n):
+                out = {k: triplet_with_distance(a, p, n, distance_function=fn,
+                                                margin=W_MARGIN, swap=s)
+                       for k, (fn, _, s) in W_OPTIONS.items()}
+                out["mean"] = triplet_with_distance(a, p, n, margin=W_MARGIN, where=W_ROWS,
+                                                    reduction="mean")
+                out["sum"] = triplet_with_distance(a, p, n, swap=True, reduction="sum")
+                out["triplet_margin_loss"] = triplet(a, p, n, margin=W_MARGIN)
+                return out
+
+            got = f(a, p, n)
+            for k, (fn, _, s) in W_OPTIONS.items():
+                want = ref_triplet_with_distance(a, p, n, W_MARGIN, fn is not None, s)
+                chex.assert_trees_all_close(got[k], want, rtol=1e-12)
+                assert 0 < int(jnp.sum(want > 0)) < B, k  # active and inactive rows
+            want = ref_triplet_with_distance(a, p, n, W_MARGIN)
+            chex.assert_trees_all_close(got["mean"], jnp.mean(want[W_ROWS]), rtol=1e-12)
+            chex.assert_trees_all_close(got["sum"], jnp.sum(
+                ref_triplet_with_distance(a, p, n, swap=True)), rtol=1e-12)
+            # The default distance is triplet_margin_loss's (p = 2, eps = 1e-6).
+            chex.assert_trees_all_close(got["default"], got["triplet_margin_loss"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("option", W_OPTIONS.values(), ids=W_OPTIONS.keys())
+def test_triplet_with_distance_vs_torch(option, x64):
+    """Values (every reduction) and gradients w.r.t. anchors, positives and negatives
+    equal PyTorch's in float64."""
+    fn, torch_fn, swap = option
+    a, p, n = EA.astype(float), EB.astype(float), EC.astype(float)
+    out, pullback = jax.vjp(lambda a, p, n: triplet_with_distance(
+        a, p, n, distance_function=fn, margin=W_MARGIN, swap=swap), a, p, n)
+    want, want_grads = _torch_triplet_with_distance(
+        a, p, n, distance_function=torch_fn, margin=W_MARGIN, swap=swap, reduction="none")
+    chex.assert_trees_all_close(out, want, rtol=1e-12, atol=1e-15)
+    chex.assert_trees_all_close(pullback(jnp.ones_like(out)), want_grads, rtol=1e-10,
+                                atol=1e-14)
+    for reduction in ("mean", "sum"):
+        chex.assert_trees_all_close(
+            triplet_with_distance(a, p, n, distance_function=fn, margin=W_MARGIN, swap=swap,
+                                  reduction=reduction),
+            _torch_triplet_with_distance(a, p, n, distance_function=torch_fn,
+                                         margin=W_MARGIN, swap=swap,
+                                         reduction=reduction)[0], rtol=1e-12)
+
+
+def test_triplet_with_distance_gradients(x64):
+    def ref(a, p, n, margin, **_):
+        return ref_triplet_with_distance(a, p, n, margin, True, True)
+
+    assert_vjp_matches_reference(triplet_with_distance, ref, EA, EB, EC, argnums=(0, 1, 2),
+                                 diff_kwargs=("margin",), margin=np.float64(W_MARGIN),
+                                 distance_function=cosine_distance_fn, swap=True)
+    assert_finite_differences(lambda a, p, n: triplet_with_distance(a, p, n, swap=True),
+                              EA, EB, EC, argnums=(0, 1, 2), order=1)
+
+
+def test_triplet_with_distance_extremes_exact():
+    f32 = np.float32
+    # Row 0: a == p == n: the distances are equal (||eps||), the loss is the margin, and
+    # the gradients are PyTorch's: u = eps / ||eps|| = 1/2 per entry, the swap's tied
+    # minimum sharing its gradient equally (d/dp = -u - u/2). Row 1: huge embeddings;
+    # the swap picks d(p, n) = d(a, p), so the loss is the margin again.
+    a = np.array([[1.0, 2.0, 3.0, 4.0], [1e30, 0.0, 0.0, 0.0]], f32)
+    p = np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]], f32)
+    n = np.array([[1.0, 2.0, 3.0, 4.0], [-1e30, 0.0, 0.0, 0.0]], f32)
+    out, pullback = jax.vjp(jax.jit(lambda a, p, n: triplet_with_distance(a, p, n, swap=True)),
+                            a, p, n)
+    chex.assert_trees_all_close(out, np.ones(2, f32), rtol=0, atol=0)
+    grads = pullback(jnp.ones(2, f32))
+    want = _torch_triplet_with_distance(a, p, n, swap=True, reduction="none")[1]
+    chex.assert_trees_all_close(grads, want, rtol=1e-6, atol=1e-35)
+    chex.assert_trees_all_close(grads[1][0], np.full(4, -0.75, f32), rtol=1e-6)
+    chex.assert_trees_all_close(grads[0][1], np.array([1, 0, 0, 0], f32), atol=1e-35)
+    chex.assert_trees_all_close(grads[1][1], np.array([-2, 0, 0, 0], f32), atol=1e-35)
+    # a == p with a distance that is exactly 0 there: its subgradient 0.
+    g = jax.grad(lambda a, p: triplet_with_distance(
+        a, p, EC, distance_function=distance, margin=10.0).sum(), argnums=(0, 1))(EA, EA)
+    np.testing.assert_array_equal(g[1], 0.0)
+    chex.assert_trees_all_close(g[0], -(EA - EC) / np.linalg.norm(EA - EC, axis=-1,
+                                                                   keepdims=True), rtol=1e-5)
+    # bf16 computes in float32.
+    bf = [jnp.asarray(x, jnp.bfloat16) for x in (EA, EB, EC)]
+    out = triplet_with_distance(*bf, distance_function=cosine_distance_fn)
+    assert out.dtype == jnp.float32
+    with jax.enable_x64(True):
+        want = ref_triplet_with_distance(*(np.asarray(x, np.float64) for x in bf), cosine=True)
+    chex.assert_trees_all_close(out, want.astype(f32), rtol=1e-5, atol=1e-6)
+
+
+def test_triplet_with_distance_vmap_and_bad_input():
+    f = jax.jit(jax.vmap(lambda a, p, n: triplet_with_distance(a, p, n, swap=True)))
+    chex.assert_trees_all_close(f(EA, EB, EC), triplet_with_distance(EA, EB, EC, swap=True),
+                                rtol=1e-6)
+    for margin in (0.0, -1.0, np.float32(-0.5)):
+        with pytest.raises(ValueError, match="margin must be > 0"):
+            triplet_with_distance(EA, EB, EC, margin=margin)
+    with pytest.raises(TypeError, match="distance_function must be a callable"):
+        triplet_with_distance(EA, EB, EC, distance_function="euclidean")
+    with pytest.raises(ValueError, match=r"distance_function must return .* \(8,\)"):
+        triplet_with_distance(EA, EB, EC, distance_function=jnp.subtract)
+    with pytest.raises(ValueError, match="positives shape=\\(3, 4\\)"):
+        triplet_with_distance(EA, EB[:3], EC)
+    with pytest.raises(TypeError, match="negatives must have a floating dtype"):
+        triplet_with_distance(EA, EB, INT)
+    with pytest.raises(ValueError, match="where"):
+        triplet_with_distance(EA, EB, EC, where=W_ROWS[:3])
+    with pytest.raises(ValueError, match="reduction"):
+        triplet_with_distance(EA, EB, EC, reduction="max")

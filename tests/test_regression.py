@@ -1,4 +1,5 @@
-"""Tests for jaxloss.regression: squared_error, l2_loss, huber_loss, MSE and MAE."""
+"""Tests for jaxloss.regression: squared_error, l2_loss, huber_loss, MSE and MAE, and
+PyTorch's smooth_l1_loss, poisson_nll_loss and gaussian_nll_loss."""
 
 import chex
 import jax
@@ -6,10 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 from absl.testing import parameterized
+from jax.experimental import checkify
 from jax.test_util import check_grads
 
 import jaxloss
+from jaxloss.regression import gaussian_nll_loss, poisson_nll_loss, smooth_l1_loss
+from jaxloss.testing import assert_finite_differences, assert_vjp_matches_reference
 
 # Errors chosen at least 0.1 away from 0 and from +-delta for every delta in DELTAS, so
 # the finite differences of check_grads never straddle a kink.
@@ -653,3 +658,294 @@ def test_nan_input_gives_nan(name):
     if name in ELEMENTWISE:
         out = np.asarray(loss_fn(name)(p, t))
         assert np.isnan(out[1]) and np.all(np.isfinite(out[[0, 2, 3]]))
+
+
+# ------------------------------------------- PyTorch's smooth L1, Poisson and Gaussian NLL
+
+RRNG = np.random.default_rng(3)
+R_PREDS = RRNG.normal(size=(3, 4)) * 2
+R_TARGETS = RRNG.normal(size=(3, 4))
+R_MASK = RRNG.uniform(size=(3, 4)) < 0.7
+R_COUNTS = np.array([[0.0, 1.0, 2.0, 5.0], [3.0, 0.0, 1.0, 7.0], [2.0, 4.0, 0.0, 1.0]])
+R_RATES = RRNG.uniform(0.2, 3.0, size=(3, 4))
+R_VAR = RRNG.uniform(0.2, 2.0, size=(3, 4))
+R_VAR[0, 1] = 1e-8  # below eps: clamped
+
+
+def ref_smooth_l1(p, t, beta=1.0, xp=np):
+    a = xp.abs(p - t)
+    if beta == 0:
+        return a
+    return xp.where(a < beta, 0.5 * (p - t) ** 2 / beta, a - 0.5 * beta)
+
+
+def ref_poisson(x, y, log_input=True, full=False, eps=1e-8, xp=np):
+    losses = xp.exp(x) - y * x if log_input else x - y * xp.log(x + eps)
+    if full:
+        big = xp.where(y > 1, y, 2.0)  # the formula is only used where y > 1
+        stirling = big * xp.log(big) - big + 0.5 * xp.log(2 * np.pi * big)
+        losses = losses + xp.where(y > 1, stirling, 0.0)
+    return losses
+
+
+def ref_gaussian(mu, y, var, full=False, eps=1e-6, xp=np):
+    """PyTorch's, its clamp transparent to the gradient (torch clamps under no_grad)."""
+    v = xp.maximum(var, eps)
+    if xp is jnp:
+        v = var + jax.lax.stop_gradient(v - var)
+    return 0.5 * (xp.log(v) + (mu - y) ** 2 / v) + (0.5 * np.log(2 * np.pi) if full else 0.0)
+
+
+_NEW = {  # name: (loss, reference, args, option sets)
+    "smooth_l1_loss": (smooth_l1_loss, ref_smooth_l1, (R_PREDS, R_TARGETS),
+                       ({"beta": 0.5}, {"beta": 0.0})),
+    "poisson_nll_loss": (poisson_nll_loss, ref_poisson, (R_PREDS, R_COUNTS),
+                         ({}, {"full": True})),
+    "poisson_nll_loss[rate]": (poisson_nll_loss, ref_poisson, (R_RATES, R_COUNTS),
+                               ({"log_input": False}, {"log_input": False, "full": True,
+                                                       "eps": 0.1})),
+    "gaussian_nll_loss": (gaussian_nll_loss, ref_gaussian, (R_PREDS, R_TARGETS, R_VAR),
+                          ({}, {"full": True, "eps": 0.3})),
+}
+
+
+class TorchRegressionValueTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*_NEW)
+    def test_values_vs_float64_reference(self, name):
+        loss, ref, args, options = _NEW[name]
+        args32 = tuple(a.astype(np.float32) for a in args)
+        combos = [(options[0], None, "none"), (options[0], R_MASK, "mean"),
+                  (options[-1], R_MASK, "sum"), (options[-1], None, "none")]
+        for kw, where, reduction in combos:
+            got = self.variant(lambda *a, kw=kw, where=where, reduction=reduction: loss(
+                *a, where=where, reduction=reduction, **kw))(*args32)
+            want = ref_reduce(ref(*args, **kw), reduction, where)
+            chex.assert_shape(got, np.shape(want))
+            assert got.dtype == jnp.float32
+            chex.assert_trees_all_close(got, want, rtol=3e-6, atol=1e-6)
+
+
+def _torch_vjp(fn, args, argnums, cotangent):
+    tensors = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+    for i in argnums:
+        tensors[i].requires_grad_(True)
+    out = fn(*tensors)
+    grads = torch.autograd.grad(out, [tensors[i] for i in argnums],
+                                grad_outputs=torch.tensor(cotangent))
+    return out.detach().numpy(), [g.numpy() for g in grads]
+
+
+def _jax_vjp(fn, args, argnums, cotangent):
+    def bound(*diff):
+        full = list(args)
+        for i, d in zip(argnums, diff, strict=True):
+            full[i] = d
+        return fn(*full)
+
+    out, pullback = jax.vjp(bound, *(jnp.asarray(args[i]) for i in argnums))
+    return np.asarray(out), [np.asarray(g) for g in pullback(jnp.asarray(cotangent))]
+
+
+# (name, options, args, argnums); the torch function is torch.nn.functional.<name>.
+_TORCH_CASES = [
+    ("smooth_l1_loss", {"beta": 1.0}, (R_PREDS, R_TARGETS), (0, 1)),
+    ("smooth_l1_loss", {"beta": 0.3}, (R_PREDS, R_TARGETS), (0, 1)),
+    ("smooth_l1_loss", {"beta": 0.0}, (R_PREDS, R_TARGETS), (0, 1)),
+    ("poisson_nll_loss", {"log_input": True, "full": True}, (R_PREDS, R_COUNTS), (0, 1)),
+    ("poisson_nll_loss", {"log_input": False, "full": False, "eps": 1e-3},
+     (R_RATES, R_COUNTS), (0, 1)),
+    ("poisson_nll_loss", {"log_input": False, "full": True}, (R_RATES, R_COUNTS), (0, 1)),
+    ("gaussian_nll_loss", {}, (R_PREDS, R_TARGETS, R_VAR), (0, 1, 2)),
+    ("gaussian_nll_loss", {"full": True, "eps": 0.5}, (R_PREDS, R_TARGETS, R_VAR), (0, 1, 2)),
+    ("gaussian_nll_loss", {}, (R_PREDS, R_TARGETS, R_VAR[:, 0]), (0, 1, 2)),  # [N]: per row
+    # Square: [N] against [N, N] is still one variance per row (numpy would broadcast it
+    # along the rows).
+    ("gaussian_nll_loss", {}, (R_PREDS[:, :3], R_TARGETS[:, :3], R_VAR[:, 1]), (0, 1, 2)),
+    ("gaussian_nll_loss", {}, (R_PREDS, R_TARGETS, R_VAR[:, :1]), (0, 1, 2)),
+    ("gaussian_nll_loss", {"full": True}, (R_PREDS, R_TARGETS, R_VAR[:1]), (0, 1, 2)),
+    ("gaussian_nll_loss", {}, (R_PREDS, R_TARGETS, 0.7), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("name, options, args, argnums", _TORCH_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{np.shape(c[2][0])}-{np.shape(c[2][-1])}"
+                              for c in _TORCH_CASES])
+def test_torch_conformance_values_and_gradients(name, options, args, argnums, x64):
+    """Values and vector-Jacobian products equal torch.nn.functional's in float64, for
+    each reduction (the gradient of the clamped variance included: PyTorch's)."""
+    ours = getattr(jaxloss.regression, name)
+    theirs = getattr(torch.nn.functional, name)
+    for reduction in ("none", "mean", "sum"):
+        shape = np.shape(theirs(*(torch.tensor(a) if isinstance(a, np.ndarray) else a
+                                  for a in args), reduction=reduction, **options))
+        cotangent = np.random.default_rng(4).normal(size=shape)
+        got, got_grads = _jax_vjp(
+            lambda *a, r=reduction: ours(*a, reduction=r, **options), args, argnums, cotangent)
+        want, want_grads = _torch_vjp(
+            lambda *a, r=reduction: theirs(*a, reduction=r, **options), args, argnums,
+            cotangent)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13, err_msg=reduction)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            if name == "poisson_nll_loss" and options.get("full"):
+                # torch's d/dy is NaN at y = 0 (0 * log 0 in its masked Stirling term);
+                # ours is the derivative of the other terms there, finite.
+                nan = np.isnan(w)
+                assert not (nan & (args[1] != 0)).any()
+                assert np.isfinite(g).all()
+                g, w = g[~nan], w[~nan]
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13, err_msg=reduction)
+
+
+def test_torch_regression_gradients_vs_reference(x64):
+    assert_vjp_matches_reference(lambda p, t: smooth_l1_loss(p, t, beta=0.5),
+                                 lambda p, t: ref_smooth_l1(p, t, 0.5, jnp), R_PREDS,
+                                 R_TARGETS, argnums=(0, 1))
+    assert_vjp_matches_reference(
+        lambda x, y: poisson_nll_loss(x, y, full=True, where=R_MASK, reduction="mean"),
+        lambda x, y: ref_reduce(ref_poisson(x, y, full=True, xp=jnp), "mean", R_MASK, xp=jnp),
+        R_PREDS, R_COUNTS, argnums=(0, 1))
+    assert_vjp_matches_reference(
+        lambda x, y: poisson_nll_loss(x, y, log_input=False, full=True),
+        lambda x, y: ref_poisson(x, y, False, True, xp=jnp), R_RATES, R_COUNTS, argnums=(0, 1))
+    assert_vjp_matches_reference(
+        lambda m, y, v: gaussian_nll_loss(m, y, v, full=True),
+        lambda m, y, v: ref_gaussian(m, y, v, True, xp=jnp), R_PREDS, R_TARGETS, R_VAR,
+        argnums=(0, 1, 2))
+    assert_finite_differences(lambda p, t: smooth_l1_loss(p, t, beta=0.5), R_PREDS,
+                              R_TARGETS, argnums=(0, 1), order=1)
+    assert_finite_differences(lambda x, y: poisson_nll_loss(x, y, full=True), R_PREDS,
+                              R_COUNTS + 0.5, argnums=(0, 1), order=1)
+    assert_finite_differences(gaussian_nll_loss, R_PREDS, R_TARGETS, R_VAR + 0.1,
+                              argnums=(0, 1, 2), order=2)
+
+
+def test_smooth_l1_beta_zero_is_l1_and_huber_over_beta():
+    e = np.array([-2.0, -0.3, 0.0, 0.2, 1e30], np.float32)
+    out, pullback = jax.vjp(lambda p: smooth_l1_loss(p, np.zeros(5, np.float32), beta=0.0), e)
+    np.testing.assert_array_equal(out, np.abs(e))
+    np.testing.assert_array_equal(pullback(jnp.ones(5))[0], [-1, -1, 0, 1, 1])  # sign, 0 at 0
+    out, pullback = jax.vjp(lambda p: smooth_l1_loss(p, np.zeros(5, np.float32)), e)
+    np.testing.assert_allclose(out, np.array([1.5, 0.045, 0, 0.02, 1e30], np.float32),
+                               rtol=2e-7)
+    np.testing.assert_allclose(pullback(jnp.ones(5))[0],
+                               np.array([-1, -0.3, 0, 0.2, 1], np.float32), rtol=3e-7)
+    for beta in (0.25, 2.0):
+        chex.assert_trees_all_close(smooth_l1_loss(R_PREDS, R_TARGETS, beta=beta),
+                                    jaxloss.huber_loss(R_PREDS, R_TARGETS, delta=beta) / beta,
+                                    rtol=1e-6)
+
+
+def test_poisson_extremes_exact():
+    # log-rate: e^x - y x. A zero count gives no NaN (also at x = -inf), exp overflow is
+    # +inf (float32: e^100), and x = -1e30 gives 1e30 y with gradient -y.
+    x = np.array([-1e30, -1e30, 0.0, 100.0, -np.inf, 1e30], np.float32)
+    y = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 2.0], np.float32)
+    out, pullback = jax.vjp(poisson_nll_loss, x, y)
+    np.testing.assert_array_equal(out, np.array([0, 1e30, 1, np.inf, 0, np.inf], np.float32))
+    gx, gy = pullback(jnp.ones(6))
+    np.testing.assert_array_equal(gx[:5], [0, -1, 1, np.inf, 0])
+    np.testing.assert_array_equal(gy[:4], np.array([1e30, 1e30, 0, -100], np.float32))
+    # rate: lambda - y log(lambda + eps); 0 log 0 = 0 (eps = 0), with gradient 0.
+    rate = np.array([0.0, 0.0, 2.0, 1e30], np.float32)
+    y = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    out, pullback = jax.vjp(lambda r, y: poisson_nll_loss(r, y, log_input=False, eps=0.0),
+                            rate, y)
+    np.testing.assert_array_equal(out, np.array([0, np.inf, 2, 1e30], np.float32))
+    gr, gy = (np.asarray(g) for g in pullback(jnp.ones(4)))
+    np.testing.assert_array_equal(gr[[0, 2, 3]], [1, 1, 1])
+    np.testing.assert_array_equal(gy[[0, 2]], np.array([0, -np.log(2)], np.float32))
+    # full: Stirling's term only where y > 1.
+    y = np.array([0.0, 1.0, 2.0], np.float32)
+    out = poisson_nll_loss(np.zeros(3, np.float32), y, full=True)
+    chex.assert_trees_all_close(out, np.array(
+        [1, 1, 1 + 2 * np.log(2) - 2 + 0.5 * np.log(4 * np.pi)], np.float32), rtol=1e-7)
+
+
+def test_gaussian_extremes_and_clamp_gradient():
+    # Variance below eps (and 0): clamped to eps in the value; the gradient is PyTorch's,
+    # the derivative at v = eps passed through the clamp (not 0).
+    mu = np.array([1e-4, 0.0, 1e20, 1e30], np.float32)
+    var = np.array([1e-9, 0.0, 1e20, 1.0], np.float32)
+    out, pullback = jax.vjp(lambda m, v: gaussian_nll_loss(m, np.zeros(4, np.float32), v),
+                            mu, var)
+    eps, e = np.float64(np.float32(1e-6)), mu.astype(np.float64)
+    want = [0.5 * (np.log(eps) + e[0] ** 2 / eps), 0.5 * np.log(eps),
+            0.5 * (np.log(1e20) + 1e20), np.inf]
+    chex.assert_trees_all_close(out, np.array(want, np.float32), rtol=1e-6)
+    g_mu, g_var = pullback(jnp.ones(4))
+    chex.assert_trees_all_close(g_mu[:3], np.array([e[0] / eps, 0, 1], np.float32), rtol=1e-6)
+    chex.assert_trees_all_close(g_var[:3], np.array(
+        [0.5 * (1 / eps - e[0] ** 2 / eps**2), 0.5 / eps, 0.5 * (1e-20 - 1)], np.float32),
+        rtol=1e-6)
+    # A negative variance gives NaN (no raise under jit); jaxloss.checked raises.
+    out = jax.jit(gaussian_nll_loss)(mu, np.zeros(4), -var - 1)
+    assert np.isnan(np.asarray(out)).all()
+    with pytest.raises(checkify.JaxRuntimeError, match="variance must lie in"):
+        jaxloss.checked(gaussian_nll_loss)(mu, np.zeros(4, np.float32), -var - 1)
+    jaxloss.checked(gaussian_nll_loss)(mu, np.zeros(4, np.float32), var)
+    with pytest.raises(checkify.JaxRuntimeError, match="targets must lie in"):
+        jaxloss.checked(poisson_nll_loss)(R_PREDS, -R_COUNTS - 1)
+
+
+def test_torch_regression_bf16_computes_in_float32():
+    for fn, args in ((smooth_l1_loss, (R_PREDS, R_TARGETS)), (poisson_nll_loss, (R_PREDS,
+                                                                                  R_COUNTS)),
+                     (gaussian_nll_loss, (R_PREDS, R_TARGETS, R_VAR))):
+        low = jnp.asarray(args[0], jnp.bfloat16)
+        out, pullback = jax.vjp(lambda a, fn=fn, args=args: fn(a, *args[1:]), low)
+        assert out.dtype == jnp.float32
+        assert pullback(jnp.ones_like(out))[0].dtype == jnp.bfloat16
+        chex.assert_trees_all_close(out, fn(np.asarray(low, np.float32), *args[1:]),
+                                    rtol=1e-6)
+    big = jnp.array([3e38, -3e38], jnp.bfloat16)
+    chex.assert_trees_all_close(smooth_l1_loss(big, jnp.zeros(2, jnp.bfloat16)),
+                                np.full(2, float(jnp.bfloat16(3e38)) - 0.5, np.float32))
+
+
+def test_torch_regression_masked_non_finite_does_not_leak():
+    bad = np.where(R_MASK, R_PREDS, np.nan)
+    neg = np.where(R_MASK, R_VAR, -1.0)
+    for fn, args in ((smooth_l1_loss, (bad, R_TARGETS)), (poisson_nll_loss, (bad, R_COUNTS)),
+                     (gaussian_nll_loss, (bad, R_TARGETS, neg))):
+        value, grads = jax.value_and_grad(
+            lambda *a, fn=fn: fn(*a, where=R_MASK, reduction="mean"),
+            argnums=tuple(range(len(args))))(*(jnp.asarray(a, jnp.float32) for a in args))
+        chex.assert_tree_all_finite((value, grads))
+
+
+def test_torch_regression_composition():
+    f = jax.jit(jax.vmap(lambda m, y, v: gaussian_nll_loss(m, y, v)))
+    chex.assert_trees_all_close(f(R_PREDS, R_TARGETS, R_VAR[:, 0]),
+                                gaussian_nll_loss(R_PREDS, R_TARGETS, R_VAR[:, 0]), rtol=1e-6)
+    m = np.float32(R_PREDS[1])
+    h = jax.hessian(lambda m: gaussian_nll_loss(m, R_TARGETS[1], R_VAR[1], reduction="sum"))(m)
+    chex.assert_trees_all_close(h, np.diag(1 / R_VAR[1]), rtol=1e-6)
+    h = jax.hessian(lambda x: poisson_nll_loss(x, R_COUNTS[1], reduction="sum"))(m)
+    chex.assert_trees_all_close(h, np.diag(np.exp(m)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: smooth_l1_loss(R_PREDS, R_TARGETS, beta=-0.5), ValueError, ["beta"]),
+    (lambda: smooth_l1_loss(R_PREDS, R_TARGETS[:2]), ValueError, ["targets"]),
+    (lambda: poisson_nll_loss(np.ones(3, np.int32), np.ones(3)), TypeError, ["input"]),
+    (lambda: poisson_nll_loss(R_PREDS, R_COUNTS, eps=-1.0), ValueError, ["eps"]),
+    (lambda: poisson_nll_loss(R_PREDS, R_COUNTS, full=1), TypeError, ["full"]),
+    (lambda: poisson_nll_loss(R_PREDS, R_COUNTS, log_input="yes"), TypeError, ["log_input"]),
+    (lambda: poisson_nll_loss(R_PREDS, R_COUNTS, where=R_MASK[:2]), ValueError, ["where"]),
+    (lambda: poisson_nll_loss(R_PREDS, R_COUNTS, reduction="avg"), ValueError,
+     ["reduction"]),
+    (lambda: gaussian_nll_loss(R_PREDS, R_TARGETS, R_VAR[:2]), ValueError,
+     ["variance", "(2, 4)"]),
+    (lambda: gaussian_nll_loss(R_PREDS, R_TARGETS, R_VAR[:1, :1]), ValueError, ["variance"]),
+    (lambda: gaussian_nll_loss(R_PREDS, R_TARGETS, R_VAR[:, :2]), ValueError, ["variance"]),
+    (lambda: gaussian_nll_loss(R_PREDS, R_TARGETS, R_VAR, eps=-1e-6), ValueError, ["eps"]),
+    (lambda: gaussian_nll_loss(R_PREDS, R_TARGETS, R_VAR, full=None), TypeError, ["full"]),
+    (lambda: gaussian_nll_loss(R_PREDS, R_TARGETS[:, :3], R_VAR), ValueError, ["targets"]),
+])
+def test_torch_regression_bad_input(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))

@@ -1,5 +1,5 @@
 """Tests for jaxloss.similarity: log_cosh (exact at every finite error) and the cosine
-losses (finite at a zero vector and at huge vectors)."""
+losses (finite at a zero vector and at huge vectors), PyTorch's cosine_embedding_loss."""
 
 import chex
 import jax
@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 from absl.testing import parameterized
 
 import jaxloss
+from jaxloss.similarity import cosine_embedding_loss
 from jaxloss.testing import assert_finite_differences, assert_vjp_matches_reference
 
 RNG = np.random.default_rng(0)
@@ -234,3 +236,132 @@ def test_bad_input():
             fn(A, B, axis=3)
         with pytest.raises(ValueError, match="reduction"):
             fn(A, B, reduction="avg")
+
+
+# ----------------------------------------------------------------- cosine_embedding_loss
+# PyTorch's CosineEmbeddingLoss: eps = 1e-12 added to each squared norm.
+
+E_RNG = np.random.default_rng(1)
+E1, E2 = E_RNG.normal(size=(6, 4)), E_RNG.normal(size=(6, 4))
+E_Y = np.array([1.0, -1.0, 1.0, -1.0, 0.0, -1.0])  # 0: neither, loss 0 (PyTorch's)
+E_ROWS = np.array([True, True, False, True, True, True])
+E_MARGIN = 0.1
+
+
+def ref_cosine_embedding(a, b, y, margin=0.0, xp=np):
+    eps = 1e-12
+    c = xp.sum(a * b, -1) / xp.sqrt((xp.sum(a * a, -1) + eps) * (xp.sum(b * b, -1) + eps))
+    return xp.where(y == 1, 1 - c, 0) + xp.where(y == -1, xp.maximum(c - margin, 0), 0)
+
+
+def _torch_cosine_embedding(a, b, y, **kwargs):
+    ta, tb = (torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (a, b))
+    out = torch.nn.functional.cosine_embedding_loss(ta, tb, torch.tensor(y), **kwargs)
+    out.sum().backward()
+    return out.detach().numpy(), (ta.grad.numpy(), tb.grad.numpy())
+
+
+class CosineEmbeddingTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_vs_reference(self):
+        fn = self.variant(lambda a, b: {r: cosine_embedding_loss(
+            a, b, E_Y, margin=E_MARGIN, where=E_ROWS, reduction=r)
+            for r in ("none", "mean", "sum")} | {"plain": cosine_embedding_loss(a, b, E_Y)})
+        got = fn(E1, E2)
+        want = ref_cosine_embedding(E1, E2, E_Y, E_MARGIN)
+        assert want[4] == 0 and (want[E_Y == -1] > 0).any() and (want[E_Y == -1] == 0).any()
+        chex.assert_trees_all_close(got["none"], np.where(E_ROWS, want, 0), rtol=1e-6)
+        chex.assert_trees_all_close(got["sum"], want[E_ROWS].sum(), rtol=1e-6)
+        chex.assert_trees_all_close(got["mean"], want[E_ROWS].mean(), rtol=1e-6)
+        chex.assert_trees_all_close(got["plain"], ref_cosine_embedding(E1, E2, E_Y), rtol=1e-6)
+
+
+jitted_cosine_embedding = jax.jit(cosine_embedding_loss, static_argnames="reduction")
+
+
+def test_cosine_embedding_vs_torch(x64):
+    """Values (every reduction) and gradients w.r.t. both inputs equal PyTorch's in
+    float64, zero vectors and the tie at the margin included."""
+    a, b = E1.copy(), E2.copy()
+    a[0] = 0  # y = 1: loss 1, gradient -b_hat / sqrt(eps)
+    b[1] = 0  # y = -1: cos 0 < margin
+    y = E_Y.copy()
+    out, pullback = jax.vjp(lambda a, b: jitted_cosine_embedding(a, b, y, margin=E_MARGIN),
+                            a, b)
+    want, want_grads = _torch_cosine_embedding(a, b, y, margin=E_MARGIN, reduction="none")
+    chex.assert_trees_all_close(out, want, rtol=1e-12, atol=1e-15)
+    # The zero vector's gradient is ~1e6; PyTorch forms it from sqrt(product), a few
+    # ulps apart.
+    chex.assert_trees_all_close(pullback(jnp.ones_like(out)), want_grads, rtol=1e-8,
+                                atol=1e-12)
+    assert abs(want_grads[0][0]).max() > 1e5
+    for reduction in ("mean", "sum"):
+        chex.assert_trees_all_close(
+            jitted_cosine_embedding(a, b, y, margin=E_MARGIN, reduction=reduction),
+            _torch_cosine_embedding(a, b, y, margin=E_MARGIN, reduction=reduction)[0],
+            rtol=1e-12)
+    # The tie cos = margin = 0: PyTorch's clamp_min passes the whole gradient.
+    ta, tb = np.array([[2.0, 0.0]]), np.array([[0.0, 3.0]])
+    g = jax.grad(lambda a, b: jnp.sum(jitted_cosine_embedding(a, b, np.array([-1.0]))),
+                 argnums=(0, 1))(ta, tb)
+    want_g = _torch_cosine_embedding(ta, tb, np.array([-1.0]), reduction="none")[1]
+    chex.assert_trees_all_close(g, want_g, rtol=1e-12)
+    chex.assert_trees_all_close(g, (np.array([[0.0, 0.5]]), np.array([[1 / 3, 0.0]])),
+                                rtol=1e-9)
+
+
+def test_cosine_embedding_gradients(x64):
+    ref = lambda a, b, y, margin, **_: ref_cosine_embedding(a, b, y, margin, jnp)  # noqa: E731
+    assert_vjp_matches_reference(cosine_embedding_loss, ref, E1, E2, E_Y, argnums=(0, 1),
+                                 margin=np.float64(E_MARGIN), diff_kwargs=("margin",))
+    assert_finite_differences(cosine_embedding_loss, E1, E2, E_Y, argnums=(0, 1), order=1,
+                              margin=E_MARGIN)
+
+
+def test_cosine_embedding_extremes_exact():
+    f32 = np.float32
+    # Row 0: a zero vector (y = 1): loss 1, gradient -b / (sqrt(eps) |b|) w.r.t. a, 0
+    # w.r.t. b. Rows 1-2: huge vectors, whose squared norms overflow float32. Row 3: y = 2.
+    a = np.array([[0.0, 0.0, 0.0], [1e30, 1e30, 0.0], [3e38, -3e38, 1e38], [1.0, 2.0, 3.0]],
+                 f32)
+    b = np.array([[1.0, -2.0, 2.0], [1e30, 0.0, 0.0], [1.0, -1.0, 0.0], [1.0, 0.0, 0.0]], f32)
+    y = np.array([1.0, 1.0, -1.0, 2.0], f32)
+    out, pullback = jax.vjp(jax.jit(cosine_embedding_loss), a, b, y)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    na, nb = np.linalg.norm(a64, axis=-1), np.linalg.norm(b64, axis=-1)
+    cos = np.sum(a64 * b64, -1) / np.where(na * nb > 0, na * nb, 1)
+    chex.assert_trees_all_close(out, np.array([1.0, 1 - cos[1], cos[2], 0.0], f32),
+                                rtol=1e-6)
+    ga, gb, gy = pullback(jnp.ones(4, f32))
+    chex.assert_trees_all_close(ga[0], -b[0] / 3 * 1e6, rtol=1e-6)
+    assert np.all(np.asarray(gb[0]) == 0) and np.all(np.asarray(gy) == 0)
+    chex.assert_tree_all_finite((ga, gb))
+    # d(1 - cos)/da for row 1: -(b_hat - cos a_hat) / |a|.
+    want = -(b64[1] / nb[1] - cos[1] * a64[1] / na[1]) / na[1]
+    chex.assert_trees_all_close(ga[1], want.astype(f32), rtol=1e-5, atol=1e-37)
+    # bf16 computes in float32.
+    bf = cosine_embedding_loss(jnp.asarray(E1, jnp.bfloat16), jnp.asarray(E2, jnp.bfloat16),
+                               E_Y)
+    assert bf.dtype == jnp.float32
+    e1, e2 = (np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64) for x in (E1, E2))
+    chex.assert_trees_all_close(bf, ref_cosine_embedding(e1, e2, E_Y), rtol=1e-5, atol=1e-6)
+
+
+def test_cosine_embedding_vmap_and_bad_input():
+    f = jax.jit(jax.vmap(cosine_embedding_loss))
+    chex.assert_trees_all_close(f(E1, E2, E_Y), cosine_embedding_loss(E1, E2, E_Y), rtol=1e-6)
+    with pytest.raises(ValueError, match="input2"):
+        cosine_embedding_loss(E1, E2[:, :3], E_Y)
+    with pytest.raises(ValueError, match="targets"):
+        cosine_embedding_loss(E1, E2, E_Y[:4])
+    with pytest.raises(ValueError, match="where"):
+        cosine_embedding_loss(E1, E2, E_Y, where=E_ROWS[:3])
+    with pytest.raises(TypeError, match="input1"):
+        cosine_embedding_loss(E1.astype(np.int32), E2, E_Y)
+    with pytest.raises(ValueError, match="margin must be a scalar"):
+        cosine_embedding_loss(E1, E2, E_Y, margin=np.ones(2))
+    with pytest.raises(ValueError, match="feature axis"):
+        cosine_embedding_loss(np.float32(1.0), np.float32(2.0), 1.0)
+    with pytest.raises(ValueError, match="reduction"):
+        cosine_embedding_loss(E1, E2, E_Y, reduction="avg")

@@ -1,0 +1,423 @@
+r"""Sequence losses: connectionist temporal classification (CTC), optax's ``ctc_loss`` and
+``ctc_loss_with_forward_probs``.
+
+The lattice is optax's: the forward variables start at :math:`\log\epsilon` (optax's
+``log_epsilon``, default ``-1e5``) rather than :math:`-\infty`, and a transition between
+two equal consecutive labels without a blank between them is not forbidden but costs
+:math:`\log\epsilon`. So a sequence whose labels cannot fit its frames gets a large
+finite loss (about :math:`-\log\epsilon` per missing frame), never ``inf`` or NaN, and
+the values equal optax's. ``log_epsilon=-inf`` gives the exact CTC of PyTorch's
+``ctc_loss`` (``inf`` for such a sequence), and ``zero_infinity=True`` gives such a
+sequence loss 0 and gradient 0, as PyTorch's option.
+
+:func:`ctc_loss` has a ``jax.custom_vjp`` whose backward pass is the forward-backward
+(alpha-beta) recursion in log space, not autodiff through the scan: its residuals are
+the forward variables, :math:`O(T B (2N+1))`, and the log-probabilities.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxloss import _math, _validate
+from jaxloss._reduce import Reduction, weighted_reduce
+
+__all__ = [
+    "ctc_loss",
+    "ctc_loss_with_forward_probs",
+]
+
+
+# ---------------------------------------------------------------------------------
+# Inputs.
+
+
+def _inputs(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon):
+    """Checks shapes and dtypes (at trace time, naming the argument)."""
+    logits = _validate.floating("logits", logits)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape [batch, frames, classes], got "
+                         f"{_validate.describe(logits)}")
+    b, t, k = logits.shape
+    logit_paddings = _validate.numeric("logit_paddings", logit_paddings)
+    _validate.same_shape("logit_paddings", logit_paddings, (b, t), "[batch, frames] of logits")
+    labels = _validate.integer("labels", labels)
+    if labels.ndim != 2 or labels.shape[0] != b:
+        raise ValueError(f"labels must have shape [batch, max_labels] with batch {b} (that "
+                         f"of logits), got {_validate.describe(labels)}")
+    label_paddings = _validate.numeric("label_paddings", label_paddings)
+    _validate.same_shape("label_paddings", label_paddings, labels.shape, "that of labels")
+    if isinstance(blank_id, bool) or not isinstance(blank_id, numbers.Integral):
+        raise TypeError(f"blank_id must be an int, got {blank_id!r}")
+    if not 0 <= blank_id < k:
+        raise ValueError(f"blank_id must be in [0, {k}) (the classes of logits), "
+                         f"got {blank_id}")
+    _check_log_epsilon("log_epsilon", log_epsilon)
+    log_epsilon = _validate.numeric("log_epsilon", log_epsilon)
+    if log_epsilon.ndim != 0:
+        raise ValueError(f"log_epsilon must be a scalar, got {_validate.describe(log_epsilon)}")
+    return logits, logit_paddings, labels, label_paddings, int(blank_id), log_epsilon
+
+
+def _extended(labels, blank_id):
+    """The extended sequence: blank, label 1, blank, ..., label N, blank (``[B, 2N + 1]``)."""
+    b, n = labels.shape
+    return jnp.full((b, 2 * n + 1), blank_id, labels.dtype).at[:, 1::2].set(labels)
+
+
+def _emissions(logp, ext):
+    """The log-probability of each state at each frame, ``[T, B, 2N + 1]``. An
+    out-of-range label emits with probability 1 (its one-hot row is 0 in optax)."""
+    b, t, k = logp.shape
+    valid = (ext >= 0) & (ext < k)
+    index = jnp.broadcast_to(jnp.where(valid, ext, 0)[:, None, :], (b, t, ext.shape[1]))
+    lp = jnp.where(valid[:, None, :], jnp.take_along_axis(logp, index, axis=-1), 0)
+    return jnp.transpose(lp, (1, 0, 2))
+
+
+def _lattice(ext, label_paddings, log_epsilon, dtype):
+    """The log-weights of optax's transitions into each state from the one before
+    (``w1``: blank -> label 0; label -> blank :math:`\\log(1 + \\epsilon)`, as optax adds
+    that move twice, once times :math:`\\epsilon`) and from two before (``w2``: label ->
+    next label 0, or :math:`\\log\\epsilon` when the two are equal; none into a blank),
+    and the number of labels."""
+    b, s = ext.shape
+    eps = log_epsilon.astype(dtype)
+    state = jnp.arange(s)
+    label = state % 2 == 1
+    w1 = jnp.where(label, 0, jnp.logaddexp(jnp.zeros((), dtype), eps))
+    w1 = jnp.where(state == 0, -jnp.inf, w1).astype(dtype)
+    same = jnp.concatenate([jnp.zeros((b, 2), bool), ext[:, 2:] == ext[:, :-2]], axis=1)
+    # where, not eps * same, so that log_epsilon = -inf gives exact CTC, not NaN.
+    w2 = jnp.where(same, eps, jnp.zeros((), dtype))
+    w2 = jnp.where((label & (state >= 3))[None, :], w2, -jnp.inf).astype(dtype)
+    n = (s - 1) // 2
+    lengths = n - jnp.sum(label_paddings, axis=1).astype(jnp.int32)
+    return w1, w2, jnp.clip(lengths, 0, n)
+
+
+# ---------------------------------------------------------------------------------
+# The recursion, over the 2N + 1 states of the extended sequence.
+
+
+def _shift(x, k):
+    """``x[:, s - k]`` (``-inf`` before the first state)."""
+    return jnp.concatenate([jnp.full((x.shape[0], k), -jnp.inf, x.dtype), x[:, :-k]], axis=1)
+
+
+def _unshift(x, k):
+    """``x[:, s + k]`` (``-inf`` after the last state)."""
+    return jnp.concatenate([x[:, k:], jnp.full((x.shape[0], k), -jnp.inf, x.dtype)], axis=1)
+
+
+def _unshift3(x, k):
+    """``x[:, :, s + k]`` (``-inf`` after the last state)."""
+    fill = jnp.full(x.shape[:2] + (k,), -jnp.inf, x.dtype)
+    return jnp.concatenate([x[:, :, k:], fill], axis=2)
+
+
+def _lse3(x, y, z):
+    """log-sum-exp of three arrays, with a finite value and gradient (0) where all are
+    ``-inf``, so that the backward pass's own derivative has no NaN either."""
+    m = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(x, y), z))
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    total = jnp.exp(x - m) + jnp.exp(y - m) + jnp.exp(z - m)
+    empty = total == 0
+    return jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1, total)))
+
+
+def _row_max(x):
+    return jax.lax.stop_gradient(_frame_max(x))
+
+
+def _frame_max(x):
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.where(jnp.isfinite(top), top, 0)
+
+
+def _init(b, s, eps, dtype):
+    return jnp.full((b, s), eps, dtype).at[:, 0].set(0)
+
+
+def _final(alpha, lengths):
+    """:math:`\\log p`: the blank after the last label, or the last label itself."""
+    rows = jnp.arange(alpha.shape[0])
+    last_label = jnp.where(lengths > 0, alpha[rows, jnp.maximum(2 * lengths - 1, 0)], -jnp.inf)
+    return jnp.logaddexp(alpha[rows, 2 * lengths], last_label)
+
+
+def _forward(lp, pad, w1, w2, eps, *, scaled):
+    """The forward variables of every frame, ``[T, B, 2N + 1]``, and the sum of the
+    shifts. ``scaled``: each frame's variables are shifted by their maximum (the shifts
+    summed apart), so that they stay near 0 and float32 keeps their differences, which
+    the posteriors need, to full relative precision over hundreds of frames."""
+    _, b, s = lp.shape
+
+    def step(carry, x):
+        alpha, scale = carry
+        lp_t, pad_t = x
+        new = lp_t + _lse3(alpha, _shift(alpha, 1) + w1, _shift(alpha, 2) + w2)
+        new = jnp.where(pad_t[:, None], alpha, new)
+        if scaled:
+            top = _row_max(new)
+            new, scale = new - top, scale + top[:, 0]
+        return (new, scale), new
+
+    init = (_init(b, s, eps, lp.dtype), jnp.zeros((b,), lp.dtype))
+    (_, scale), alphas = jax.lax.scan(step, init, (lp, pad))
+    return alphas, scale
+
+
+def _log_p(logp, ext, pad, w1, w2, lengths, eps):
+    lp = _emissions(logp, ext)
+    alphas, scale = _forward(lp, pad, w1, w2, eps, scaled=True)
+    last = alphas[-1] if alphas.shape[0] else _init(lp.shape[1], lp.shape[2], eps, lp.dtype)
+    return scale + _final(last, lengths), alphas
+
+
+@jax.custom_vjp
+def _ctc(logp, ext, pad, w1, w2, lengths, eps):
+    return -_log_p(logp, ext, pad, w1, w2, lengths, eps)[0]
+
+
+def _ctc_fwd(logp, ext, pad, w1, w2, lengths, eps):
+    # Residuals: the log-probabilities (log_softmax keeps them anyway) and the forward
+    # variables; the emissions are gathered again.
+    log_p, alphas = _log_p(logp, ext, pad, w1, w2, lengths, eps)
+    return -log_p, (logp, ext, pad, w1, w2, lengths, eps, alphas)
+
+
+def _ctc_bwd(res, g):
+    r"""With :math:`\beta_t(s)` the log-probability of the frames after :math:`t` given
+    state :math:`s` at :math:`t` (the reverse recursion on the same lattice, shifted per
+    frame like the forward one), the posterior of state :math:`s` at frame :math:`t` is
+    :math:`\gamma_t(s) = e^{\alpha_t(s) + \beta_t(s) - \log p}` and
+    :math:`\partial \ell / \partial \log p_t(k_s) = -\gamma_t(s)` (0 at a padded frame).
+    Every alignment is in exactly one state at each frame, so :math:`\gamma_t` is the
+    softmax of :math:`\alpha_t + \beta_t` over the states: the shifts cancel, and a
+    sequence with no alignment at all (``log_epsilon=-inf``) gets 0."""
+    logp, ext, pad, w1, w2, lengths, eps, alphas = res
+    lp = _emissions(logp, ext)
+    s = lp.shape[2]
+    state = jnp.arange(s)[None, :]
+    final = (state == 2 * lengths[:, None]) | (state == 2 * lengths[:, None] - 1)
+    beta = jnp.where(final, 0, -jnp.inf).astype(lp.dtype)
+    # Each state's continuation from frame t on through the next state, or the one
+    # after: the emission and the transition, formed for all frames at once so that
+    # the loop shifts only its carry (XLA fuses that; a shifted intermediate it does not).
+    lp1 = _unshift3(lp, 1) + _unshift(jnp.broadcast_to(w1, beta.shape), 1)
+    lp2 = _unshift3(lp, 2) + _unshift(w2, 2)
+
+    def step(beta, x):
+        lp_t, lp1_t, lp2_t, pad_t = x
+        prev = _lse3(beta + lp_t, _unshift(beta, 1) + lp1_t, _unshift(beta, 2) + lp2_t)
+        return jnp.where(pad_t[:, None], beta, prev - _row_max(prev)), beta
+
+    _, betas = jax.lax.scan(step, beta, (lp, lp1, lp2, pad), reverse=True)
+    # The posteriors of all frames at once, outside the sequential loop.
+    joint = alphas + betas
+    e = jnp.exp(joint - jax.lax.stop_gradient(_frame_max(joint)))
+    total = jnp.sum(e, axis=2, keepdims=True)
+    keep = (total > 0) & ~pad[:, :, None]
+    posterior = e * jnp.where(keep, 1 / jnp.where(keep, total, 1), 0)
+    posterior = -_math.times(g[None, :, None], posterior)
+    # Back to the classes: the blanks' sum into the blank's column, and the labels' by a
+    # product with their one-hot rows (exact: one nonzero term per label; the
+    # posteriors are finite).
+    k = logp.shape[-1]
+    one_hot = jax.nn.one_hot(ext[:, 1::2], k, dtype=logp.dtype)
+    grad = jnp.einsum("tbn,bnk->btk", posterior[..., 1::2], one_hot,
+                      precision=jax.lax.Precision.HIGHEST)
+    blanks = jnp.transpose(jnp.sum(posterior[..., 0::2], axis=-1))
+    grad = grad + blanks[..., None] * jax.nn.one_hot(ext[:, :1], k, dtype=logp.dtype)
+    return (grad, None, None, jnp.zeros_like(w1), jnp.zeros_like(w2), None,
+            jnp.zeros_like(eps))
+
+
+_ctc.defvjp(_ctc_fwd, _ctc_bwd)
+
+
+def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon, where):
+    logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon = _inputs(
+        logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
+    dtype = _validate.compute_dtype(logits.dtype)
+    logits = logits.astype(dtype)
+    if where is not None:
+        # A masked sequence's frames become 0 before any term is formed, so that a NaN
+        # there reaches neither the loss nor the gradient.
+        logits = jnp.where(where[:, None, None], logits, 0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ext = _extended(labels, blank_id)
+    pad = jnp.transpose(logit_paddings != 0)
+    w1, w2, lengths = _lattice(ext, label_paddings, log_epsilon, dtype)
+    return (logp, ext, pad, w1, w2, lengths, log_epsilon.astype(dtype)), labels
+
+
+# ---------------------------------------------------------------------------------
+# Public losses.
+
+
+def _check_log_epsilon(name, value):
+    """A known ``log_epsilon`` must be <= 0 (checked before the jit; a traced one is
+    taken as given)."""
+    known = _validate.concrete_scalar(value)
+    if known is not None and not known <= 0:
+        raise ValueError(f"{name} must be <= 0 (the log of a tiny probability), got {known}")
+
+
+@_validate.jit(static_argnames=("blank_id", "zero_infinity", "reduction"),
+               checks={"log_epsilon": _check_log_epsilon})
+def ctc_loss(
+    logits: ArrayLike,
+    logit_paddings: ArrayLike,
+    labels: ArrayLike,
+    label_paddings: ArrayLike,
+    *,
+    blank_id: int = 0,
+    log_epsilon: ArrayLike = -1e5,
+    zero_infinity: bool = False,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    r"""Connectionist temporal classification loss (``optax.losses.ctc_loss``; PyTorch
+    ``torch.nn.functional.ctc_loss`` with ``reduction="none"`` on ``log_softmax``
+    inputs in ``[T, B, K]`` layout).
+
+    With :math:`\log p_t(k)` the log-softmax of ``logits``, :math:`y'` the labels with a
+    blank before, between and after them (:math:`2N+1` states) and :math:`\alpha_t(s)`
+    the forward variables of the lattice of alignments (:math:`N` the sequence's number
+    of labels),
+
+    .. math::
+      \alpha_t(s) = \log p_t(y'_s) + \log \sum_{r \to s} e^{\alpha_{t-1}(r) + w_{rs}},
+      \qquad
+      \ell = -\log p(y \mid x) = -\log\bigl(e^{\alpha_{T}(2N)} + e^{\alpha_T(2N - 1)}\bigr),
+
+    where :math:`r \to s` are staying, moving on one state, or skipping the blank
+    between two labels (:math:`w_{rs} = \log\epsilon` when the two labels are equal, else
+    0), and :math:`\alpha_0(s) = \log\epsilon` but for the initial blank (0): optax's
+    lattice, so a sequence whose labels cannot fit its frames has a large finite loss.
+    With :math:`\beta_t(s)` the backward variables of the same lattice,
+
+    .. math::
+      \frac{\partial \ell}{\partial z_t(k)} = p_t(k)
+        - \sum_{s:\, y'_s = k} e^{\alpha_t(s) + \beta_t(s) - \log p(y \mid x)}
+
+    for the logits :math:`z_t` of an unpadded frame, and 0 at a padded one. The
+    backward pass (a ``jax.custom_vjp``) computes it so, in log space, from the forward
+    variables it kept (shifted per frame, so float32 keeps their differences over
+    hundreds of frames); it is written in differentiable operations, so ``jax.hessian``
+    and reverse-over-reverse work; ``jax.jvp`` does not (a custom_vjp has no forward
+    mode). In float32 a sequence that cannot fit has a loss near :math:`-\log\epsilon`
+    = 1e5, known to float32's absolute precision there (about 0.01), as optax's.
+
+    Args:
+      logits: ``[B, T, K]`` unnormalized log-probabilities of the classes, the blank
+        among them; bf16/fp16 are computed in float32.
+      logit_paddings: ``[B, T]``, 1 (any nonzero value) at a padded frame, 0 elsewhere;
+        a padded frame is skipped wherever it is.
+      labels: ``[B, N]`` integer labels. An out-of-range label emits with probability
+        1 (as in optax); a label equal to ``blank_id`` is an ordinary label.
+      label_paddings: ``[B, N]``, 1 at a padded label, 0 elsewhere, right-padded: the
+        first ``N - sum(label_paddings[b])`` labels are the sequence's.
+      blank_id: the class of the blank, in ``[0, K)``.
+      log_epsilon: the log of the tiny probability that stands for 0 in the lattice
+        (optax's). ``-inf`` gives exact CTC: ``inf`` for a sequence that cannot fit.
+        It gets no gradient.
+      zero_infinity: if True, a sequence whose labels cannot fit its frames (its labels
+        and the blanks needed between equal neighbours outnumber its unpadded frames),
+        or whose loss is ``inf``, gets loss 0 and gradient 0 (PyTorch's option).
+      where: ``[B]`` boolean mask of the sequences to include; the others get loss 0
+        and gradient 0, even where their logits are NaN.
+      reduction: ``"none"`` (default, one loss per sequence), ``"mean"`` over the
+        selected sequences, or ``"sum"``. PyTorch's ``"mean"`` first divides each loss
+        by its number of labels; to get it, reduce
+        ``ctc_loss(...) / jnp.maximum(label_lengths, 1)`` yourself.
+
+    Returns:
+      ``[B]`` (or a scalar when reduced), in ``promote_types(logits.dtype, float32)``.
+
+    References:
+      Graves et al., `Connectionist temporal classification: labelling unsegmented
+      sequence data with recurrent neural networks
+      <https://dl.acm.org/doi/abs/10.1145/1143844.1143891>`_, ICML 2006.
+    """
+    reduction = _validate.reduction(reduction)
+    if not isinstance(zero_infinity, bool):
+        raise TypeError(f"zero_infinity must be a bool, got {zero_infinity!r}")
+    where = _validate.mask("where", where)
+    logits_arr = _validate.floating("logits", logits)
+    if where is not None and (logits_arr.ndim != 3 or tuple(where.shape)
+                              != (logits_arr.shape[0],)):
+        raise ValueError(f"where must have shape [batch] of logits, got "
+                         f"{_validate.describe(where)}")
+    args, labels = _prepare(logits_arr, logit_paddings, labels, label_paddings, blank_id,
+                            log_epsilon, where)
+    losses = _ctc(*args)
+    if zero_infinity:
+        pad, lengths = args[2], args[5]
+        frames = jnp.sum(~pad, axis=0)
+        # A blank must separate each pair of equal neighbours among the labels.
+        pairs = (labels[:, 1:] == labels[:, :-1]) & (
+            jnp.arange(1, labels.shape[1])[None, :] < lengths[:, None])
+        needed = lengths + jnp.sum(pairs, axis=1)
+        losses = jnp.where((needed > frames) | jnp.isinf(losses), 0, losses)
+    return weighted_reduce(losses, reduction, where=where, denominator=None)
+
+
+@_validate.jit(static_argnames=("blank_id",), checks={"log_epsilon": _check_log_epsilon})
+def ctc_loss_with_forward_probs(
+    logits: ArrayLike,
+    logit_paddings: ArrayLike,
+    labels: ArrayLike,
+    label_paddings: ArrayLike,
+    *,
+    blank_id: int = 0,
+    log_epsilon: ArrayLike = -1e5,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""CTC loss and the forward variables of its lattice
+    (``optax.losses.ctc_loss_with_forward_probs``).
+
+    The loss is :func:`ctc_loss`'s. The forward variables are the log-probabilities of
+    the alignments of the first :math:`t + 1` frames that end in the blank after
+    :math:`n` labels, :math:`\log\alpha_{\phi}(t, n)`, or in label :math:`n`,
+    :math:`\log\alpha_{y}(t, n)` (in the recursion of :func:`ctc_loss`); the last
+    frame's :math:`\alpha_\phi` also includes the move from label :math:`n-1` to the
+    final read, as optax's. Everything is differentiated by autodiff through the
+    recursion (the forward variables are outputs too); for the loss alone,
+    :func:`ctc_loss` is cheaper.
+
+    Args:
+      logits: ``[B, T, K]`` logits.
+      logit_paddings: ``[B, T]`` padding indicators of the frames.
+      labels: ``[B, N]`` integer labels.
+      label_paddings: ``[B, N]`` padding indicators of the labels (right-padded).
+      blank_id: the class of the blank, in ``[0, K)``.
+      log_epsilon: the log of the tiny probability that stands for 0.
+
+    Returns:
+      ``(loss, logalpha_blank, logalpha_label)``: ``[B]``, ``[T, B, N + 1]`` and
+      ``[T, B, N]``, in ``promote_types(logits.dtype, float32)``.
+
+    References:
+      Graves et al., `Connectionist temporal classification: labelling unsegmented
+      sequence data with recurrent neural networks
+      <https://dl.acm.org/doi/abs/10.1145/1143844.1143891>`_, ICML 2006.
+    """
+    args, _ = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,
+                       None)
+    logp, ext, pad, w1, w2, lengths, eps = args
+    alphas, _ = _forward(_emissions(logp, ext), pad, w1, w2, eps, scaled=False)
+    if not alphas.shape[0]:
+        raise ValueError("logits must have at least one frame, got "
+                         f"{_validate.describe(logits)}")
+    log_p = _final(alphas[-1], lengths)
+    phis, emits = alphas[..., 0::2], alphas[..., 1::2]
+    # optax's last row of the blanks includes the final move from label n - 1.
+    last = jnp.concatenate([phis[-1, :, :1], jnp.logaddexp(phis[-1, :, 1:], emits[-1])],
+                           axis=1)
+    return -log_p, phis.at[-1].set(last), emits
