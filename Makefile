@@ -6,7 +6,7 @@ GPU_PYTHON ?=
 JAX_CUDA ?= cuda13
 GPU_TEST_WORKERS ?= 4
 
-.PHONY: test wheel-check test-gpu demo check lint readme-tables clean
+.PHONY: test wheel-check test-gpu demo check lint docs readme-tables clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,8 +69,16 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/jaxloss demo
 
+# ruff on everything, mypy --strict on jaxloss/ (its settings: pyproject.toml).
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The reference site (mkdocs.yml, docs/), into site/; --strict: a warning (a broken
+# reference, a missing docstring) fails the build.
+docs: $(VENV)/.dev-installed
+	$(BIN)/mkdocs build --strict
+	$(BIN)/python docs/check_site.py site
 
 # The README's loss tables are rendered from jaxloss/_registry.py (tests/test_registry.py
 # fails when they differ).

@@ -225,6 +225,9 @@ class Case:
     # weight [V, D], PyTorch's layout, where JAX has [D, V]); their gradients are
     # transposed back before the check.
     torch_transposed: tuple[int, ...] = ()
+    # The agreement tolerance where TOLERANCES[dtype] is too tight for the others' own
+    # rounding (None: TOLERANCES[dtype]); the note says why.
+    rtol: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,7 +512,11 @@ def case_specs(
                     (data.jax(logits), data.jax(logit_paddings), data.jax(labels),
                      data.jax(label_paddings)),
                     torch=torch_ctc, torch_args=(data.to_torch(logits),),
-                    note="varied lengths; gradient w.r.t. the logits")
+                    # At T=400, optax's and PyTorch's float32 gradients are 1.5e-3 and
+                    # 2.2e-3 of the largest entry from float64's, jaxloss's 3.5e-5.
+                    rtol=5e-3,
+                    note="varied lengths; gradient w.r.t. the logits (agreement to 5e-3: "
+                         "optax and PyTorch accumulate float32 error over the frames)")
     specs.append(CaseSpec("ctc_loss", build_ctc))
 
     # The cross-entropy inside a training step: the logits come from a matmul and the
@@ -723,7 +730,8 @@ def _untranspose(output: Any, mode: str, case: Case) -> Any:
 
 def compare(outputs: Mapping[str, Any], *, row: str, mode: str, dtype: str,
             argnums: Sequence[int] = (0,), approximate: Collection[str] = (),
-            differences: dict[str, dict[str, float]] | None = None) -> list[str]:
+            differences: dict[str, dict[str, float]] | None = None,
+            rtol: float | None = None) -> list[str]:
     """What differs between each library's result and jaxloss's; empty when they agree.
 
     ``outputs`` maps a library to its result for one mode (the forward's losses, or
@@ -733,7 +741,7 @@ def compare(outputs: Mapping[str, Any], *, row: str, mode: str, dtype: str,
     ``approximate`` are checked for shapes and finiteness only; their differences,
     relative to the largest magnitude, go to ``differences[library][part]``.
     """
-    rtol = TOLERANCES[dtype]
+    rtol = TOLERANCES[dtype] if rtol is None else rtol
     parts = _parts(mode, argnums)
     reference = _as_arrays(outputs["jaxloss"])
     problems = []
@@ -855,7 +863,8 @@ def run_case(
                        for library, result in results.items() if library != "floor"}
             problems = compare(outputs, row=f"{case.loss} {case.shape} {case.dtype}",
                                mode=mode, dtype=case.dtype, argnums=case.argnums,
-                               approximate=APPROXIMATE, differences=differences)
+                               approximate=APPROXIMATE, differences=differences,
+                               rtol=case.rtol)
             if problems:
                 raise MismatchError("\n".join(problems))
 

@@ -3,7 +3,7 @@ with their float64 references (textbook formulas that never call jaxloss)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,9 @@ def _ref_fy_logsumexp(scores: jax.Array, targets: jax.Array) -> jax.Array:
             + m[..., 0] * (1 - jnp.sum(targets, axis=-1)))
 
 
-def _ref_ranking(logits: jax.Array, labels: jax.Array, *, where: Any = None,
-                 weights: Any = None, reduce_fn: Any = jnp.mean) -> jax.Array:
+def _ref_ranking(logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,
+                 weights: jax.Array | None = None,
+                 reduce_fn: Callable[..., jax.Array] | None = jnp.mean) -> jax.Array:
     """ListNet's loss: -sum over the valid items of w y log softmax(valid logits)."""
     c = labels if weights is None else labels * weights
     x = logits if where is None else jnp.where(where, logits, -jnp.inf)

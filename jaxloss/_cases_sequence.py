@@ -20,22 +20,25 @@ __all__ = ["cases", "ctc_loss_with_forward_probs_loss", "ref_ctc_loss",
            "ref_ctc_loss_with_forward_probs"]
 
 
-def _log_softmax(x):
+def _log_softmax(x: jax.Array) -> jax.Array:
     m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     return (x - m) - jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True))
 
 
-def _lse(*xs):
+def _lse(*xs: jax.Array) -> jax.Array:
     m = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(xs[0], xs[1]), xs[-1]))
     return m + jnp.log(sum(jnp.exp(x - m) for x in xs))
 
 
-def _shift(x, k):
+def _shift(x: jax.Array, k: int) -> jax.Array:
     """``x[:, s - k]``, ``-inf`` for ``s < k``."""
     return jnp.concatenate([jnp.full((x.shape[0], k), -jnp.inf, x.dtype), x[:, :-k]], axis=1)
 
 
-def _ref_log_p(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon):
+def _ref_log_p(
+    logits: jax.Array, logit_paddings: jax.Array, labels: jax.Array, label_paddings: jax.Array,
+    blank_id: int, log_epsilon: float,
+) -> tuple[jax.Array, list[jax.Array], jax.Array]:
     logits = jnp.asarray(logits)
     b, t, k = logits.shape
     n = labels.shape[1]
@@ -64,8 +67,11 @@ def _ref_log_p(logits, logit_paddings, labels, label_paddings, blank_id, log_eps
     return log_p, alphas, lengths
 
 
-def ref_ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
-                 log_epsilon=-1e5, zero_infinity=False, where=None, reduction="none"):
+def ref_ctc_loss(
+    logits: jax.Array, logit_paddings: jax.Array, labels: jax.Array, label_paddings: jax.Array, *,
+    blank_id: int = 0, log_epsilon: float = -1e5, zero_infinity: bool = False,
+    where: jax.Array | None = None, reduction: str = "none",
+) -> jax.Array:
     """-log p(labels | logits) by the forward recursion (float64 when given float64)."""
     log_p, _, lengths = _ref_log_p(logits, logit_paddings, labels, label_paddings, blank_id,
                                    log_epsilon)
@@ -86,15 +92,19 @@ def ref_ctc_loss(logits, logit_paddings, labels, label_paddings, *, blank_id=0,
     return losses
 
 
-def ref_ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings, *,
-                                    blank_id=0, log_epsilon=-1e5):
+def ref_ctc_loss_with_forward_probs(
+    logits: jax.Array, logit_paddings: jax.Array, labels: jax.Array, label_paddings: jax.Array, *,
+    blank_id: int = 0, log_epsilon: float = -1e5,
+) -> jax.Array:
     """The loss of :func:`ref_ctc_loss` (the check's loss is the first output)."""
     return ref_ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=blank_id,
                         log_epsilon=log_epsilon)
 
 
-def ctc_loss_with_forward_probs_loss(logits, logit_paddings, labels, label_paddings, *,
-                                     blank_id=0, log_epsilon=-1e5):
+def ctc_loss_with_forward_probs_loss(
+    logits: jax.Array, logit_paddings: jax.Array, labels: jax.Array, label_paddings: jax.Array, *,
+    blank_id: int = 0, log_epsilon: float = -1e5,
+) -> jax.Array:
     """The per-sequence loss of ``ctc_loss_with_forward_probs`` (its first output), the
     form ``CheckCase`` takes."""
     from jaxloss.sequence import ctc_loss_with_forward_probs

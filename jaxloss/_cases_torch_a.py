@@ -23,7 +23,10 @@ from jaxloss.testing import CheckCase, Extreme
 __all__ = ["cases"]
 
 
-def _reduce(losses, reduction="none", where=None, weights=None):
+def _reduce(
+    losses: jax.Array, reduction: str = "none", where: jax.Array | None = None,
+    weights: jax.Array | None = None,
+) -> jax.Array:
     """``"none"``/``"sum"``/``"mean"`` over the entries ``where`` selects; ``"mean"``
     divides by the sum of ``weights`` there (PyTorch's weighted mean)."""
     if where is not None:
@@ -39,12 +42,15 @@ def _reduce(losses, reduction="none", where=None, weights=None):
     return jnp.sum(losses) / jnp.sum(w)
 
 
-def _softplus(x):
+def _softplus(x: jax.Array) -> jax.Array:
     return jnp.logaddexp(x, 0.0)
 
 
-def _ref_nll(lp, labels, *, class_weights=None, ignore_index=None, where=None,
-             reduction="none", **_):
+def _ref_nll(
+    lp: jax.Array, labels: jax.Array, *, class_weights: jax.Array | None = None,
+    ignore_index: int | None = None, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     """PyTorch NLLLoss: :math:`-w_y z_y` per row; the weighted mean over kept rows."""
     c = lp.shape[-1]
     w = jnp.ones(c) if class_weights is None else class_weights
@@ -57,18 +63,27 @@ def _ref_nll(lp, labels, *, class_weights=None, ignore_index=None, where=None,
     return _reduce(-w_y * picked, reduction, keep, w_y)
 
 
-def _ref_soft_margin(x, y, *, where=None, reduction="none", **_):
+def _ref_soft_margin(
+    x: jax.Array, y: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     return _reduce(_softplus(-y * x), reduction, where)
 
 
-def _ref_multilabel(x, y, *, class_weights=None, where=None, reduction="none", **_):
+def _ref_multilabel(
+    x: jax.Array, y: jax.Array, *, class_weights: jax.Array | None = None,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     terms = y * _softplus(-x) + (1 - y) * _softplus(x)
     if class_weights is not None:
         terms = terms * class_weights
     return _reduce(jnp.mean(terms, axis=-1), reduction, where)
 
 
-def _ref_smooth_l1(p, t, *, beta=1.0, where=None, reduction="none", **_):
+def _ref_smooth_l1(
+    p: jax.Array, t: jax.Array, *, beta: float = 1.0, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     e = p - t
     a = e * jnp.sign(e)  # |e| with the subgradient 0 at 0
     safe_beta = jnp.where(beta > 0, beta, 1)
@@ -76,8 +91,10 @@ def _ref_smooth_l1(p, t, *, beta=1.0, where=None, reduction="none", **_):
     return _reduce(losses, reduction, where)
 
 
-def _ref_poisson(x, y, *, log_input=True, full=False, eps=1e-8, where=None,
-                 reduction="none", **_):
+def _ref_poisson(
+    x: jax.Array, y: jax.Array, *, log_input: bool = True, full: bool = False, eps: float = 1e-8,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     if log_input:
         losses = jnp.exp(x) - y * x
     else:
@@ -91,7 +108,10 @@ def _ref_poisson(x, y, *, log_input=True, full=False, eps=1e-8, where=None,
     return _reduce(losses, reduction, where)
 
 
-def _ref_gaussian(mu, y, var, *, full=False, eps=1e-6, where=None, reduction="none", **_):
+def _ref_gaussian(
+    mu: jax.Array, y: jax.Array, var: jax.Array, *, full: bool = False, eps: float = 1e-6,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     """PyTorch's; its clamp (under ``no_grad`` there) passes the gradient unchanged. A
     variance of the shape of ``mu`` without its last axis is one per row."""
     var = jnp.asarray(var)

@@ -11,6 +11,9 @@ with PyTorch's subgradients at the kinks: 0 where its kernels test :math:`z > 0`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,7 +33,9 @@ _EPS_COSINE = 1e-12  # added to each squared norm by PyTorch's cosine_embedding_
 _EPS_PAIRWISE = 1e-6  # added to each difference by PyTorch's pairwise_distance
 
 
-def _reduce(losses, reduction="none", where=None):
+def _reduce(
+    losses: jax.Array, reduction: str = "none", where: jax.Array | None = None,
+) -> jax.Array:
     if where is not None:
         losses = jnp.where(where, losses, 0)
     if reduction == "none":
@@ -41,18 +46,21 @@ def _reduce(losses, reduction="none", where=None):
     return jnp.sum(losses) / count
 
 
-def _relu(z):
+def _relu(z: jax.Array) -> jax.Array:
     """max(0, z) with the subgradient 0 at 0 (PyTorch's kernels: z > 0)."""
     return jnp.where(z > 0, z, 0)
 
 
-def _clamp_min(z):
+def _clamp_min(z: jax.Array) -> jax.Array:
     """PyTorch's clamp_min(z, 0): the whole gradient at 0."""
     return jnp.where(z < 0, 0, z)
 
 
-def _ref_multi_margin(s, labels, *, p=1, margin=1.0, class_weights=None, where=None,
-                      reduction="none", **_):
+def _ref_multi_margin(
+    s: jax.Array, labels: jax.Array, *, p: int = 1, margin: float = 1.0,
+    class_weights: jax.Array | None = None, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     c = s.shape[-1]
     one_hot = labels[..., None] == jnp.arange(c)
     s_y = jnp.sum(jnp.where(one_hot, s, 0), axis=-1, keepdims=True)
@@ -63,7 +71,10 @@ def _ref_multi_margin(s, labels, *, p=1, margin=1.0, class_weights=None, where=N
     return _reduce(losses, reduction, where)
 
 
-def _ref_multilabel_margin(s, targets, *, where=None, reduction="none", **_):
+def _ref_multilabel_margin(
+    s: jax.Array, targets: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     c = s.shape[-1]
     listed = jnp.cumsum(targets < 0, axis=-1) == 0  # the entries before the first -1
     is_target = jnp.any(listed[..., :, None] & (targets[..., :, None] == jnp.arange(c)),
@@ -75,35 +86,50 @@ def _ref_multilabel_margin(s, targets, *, where=None, reduction="none", **_):
                    where)
 
 
-def _ref_margin_ranking(x1, x2, y, *, margin=0.0, where=None, reduction="none", **_):
+def _ref_margin_ranking(
+    x1: jax.Array, x2: jax.Array, y: jax.Array, *, margin: float = 0.0,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     return _reduce(_clamp_min(-y * (x1 - x2) + margin), reduction, where)
 
 
-def _ref_hinge_embedding(x, y, *, margin=1.0, where=None, reduction="none", **_):
+def _ref_hinge_embedding(
+    x: jax.Array, y: jax.Array, *, margin: float = 1.0, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     losses = jnp.where(y != 1, _clamp_min(margin - x), 0) + jnp.where(y != -1, x, 0)
     return _reduce(losses, reduction, where)
 
 
-def _ref_cosine_embedding(a, b, y, *, margin=0.0, where=None, reduction="none", **_):
+def _ref_cosine_embedding(
+    a: jax.Array, b: jax.Array, y: jax.Array, *, margin: float = 0.0,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     c = jnp.sum(a * b, axis=-1) / jnp.sqrt((jnp.sum(a * a, axis=-1) + _EPS_COSINE)
                                            * (jnp.sum(b * b, axis=-1) + _EPS_COSINE))
     losses = jnp.where(y == 1, 1 - c, 0) + jnp.where(y == -1, _clamp_min(c - margin), 0)
     return _reduce(losses, reduction, where)
 
 
-def _cosine_distance(a, b):
+def _cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
     """A user's distance for triplet_margin_with_distance_loss: 1 - cosine similarity."""
-    return 1 - jnp.sum(a * b, axis=-1) / (jnp.linalg.norm(a, axis=-1)
-                                          * jnp.linalg.norm(b, axis=-1))
+    # jnp.linalg.norm is annotated to return Any.
+    norm_a: jax.Array = jnp.linalg.norm(a, axis=-1)
+    norm_b: jax.Array = jnp.linalg.norm(b, axis=-1)
+    return 1 - jnp.sum(a * b, axis=-1) / (norm_a * norm_b)
 
 
-def _pairwise(a, b):
+def _pairwise(a: jax.Array, b: jax.Array) -> jax.Array:
     """torch.nn.functional.pairwise_distance: ||a - b + 1e-6||_2 (never 0 here)."""
-    return jnp.linalg.norm(a - b + _EPS_PAIRWISE, axis=-1)
+    distance: jax.Array = jnp.linalg.norm(a - b + _EPS_PAIRWISE, axis=-1)  # Any in JAX
+    return distance
 
 
-def _ref_triplet_with_distance(a, p, n, *, distance_function=None, margin=1.0, swap=False,
-                               where=None, reduction="none", **_):
+def _ref_triplet_with_distance(
+    a: jax.Array, p: jax.Array, n: jax.Array, *,
+    distance_function: Callable[..., jax.Array] | None = None, margin: float = 1.0,
+    swap: bool = False, where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     d = _pairwise if distance_function is None else distance_function
     negative = d(a, n)
     if swap:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import jax.numpy as jnp
 from jax.experimental import checkify
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Each built-in loss registers the domain checks of its arguments; any other callable
 # gets the NaN check alone.
@@ -68,7 +70,7 @@ def check_labels(name: str, labels: Any, num_classes: int, ignore_index: int | N
     )
 
 
-def checked(loss: F) -> F:
+def checked(loss: Callable[P, R]) -> Callable[P, R]:
     """Wraps ``loss`` so that bad values raise instead of giving NaN.
 
     Under ``jit`` a loss cannot raise on values (an out-of-range label gives NaN). The
@@ -86,24 +88,26 @@ def checked(loss: F) -> F:
       safe_ce(logits, labels)   # raises if a label is out of range
     """
     domain = _domain_checks(loss)
+    # run() passes the arguments on as arrays, which P cannot express.
+    call: Callable[..., R] = loss
 
     @functools.wraps(loss)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        def run(*args: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        def run(*args: Any) -> R:
             names = list(_argument_names(loss, len(args))) + list(kwargs)
             for name, value in zip(names, list(args) + list(kwargs.values()), strict=True):
                 if _is_float_array(value):
                     check_not_nan(name, value)
             if domain is not None:
                 domain(*args, **kwargs)
-            return loss(*args, **kwargs)
+            return call(*args, **kwargs)
 
-        args = tuple(jnp.asarray(a) if a is not None else None for a in args)
-        error, out = checkify.checkify(run)(*args)
+        arrays = tuple(jnp.asarray(a) if a is not None else None for a in args)
+        error, out = checkify.checkify(run)(*arrays)
         error.throw()
         return out
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _domain_checks(loss: Callable[..., Any]) -> Callable[..., None] | None:

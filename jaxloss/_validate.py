@@ -12,13 +12,21 @@ import functools
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeGuard, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-REDUCTIONS = ("none", "mean", "sum")
+Reduction = Literal["none", "mean", "sum"]
+REDUCTIONS: tuple[Reduction, ...] = ("none", "mean", "sum")
+
+
+class Shaped(Protocol):
+    """Anything with a static shape: an array, a tracer or a ``jax.ShapeDtypeStruct``."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
 
 def describe(x: Any) -> str:
@@ -94,7 +102,7 @@ def broadcast_shapes(names: Sequence[str], *arrays: jax.Array) -> tuple[int, ...
         raise ValueError(f"shapes do not broadcast together: {got}") from None
 
 
-def broadcasts_to(first_name: str, first: jax.Array, **others: jax.Array | None) -> None:
+def broadcasts_to(first_name: str, first: Shaped, **others: Shaped | None) -> None:
     """Each of ``others`` (None skipped) must broadcast to the shape of ``first``."""
     target = tuple(first.shape)
     for name, other in others.items():
@@ -116,8 +124,12 @@ def same_shape(name: str, x: jax.Array, expected: tuple[int, ...], what: str) ->
         raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {describe(x)}")
 
 
-def reduction(value: Any) -> str:
-    if not isinstance(value, str) or value not in REDUCTIONS:
+def _is_reduction(value: object) -> TypeGuard[Reduction]:
+    return isinstance(value, str) and value in REDUCTIONS
+
+
+def reduction(value: object) -> Reduction:
+    if not _is_reduction(value):
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {value!r}")
     return value
 
@@ -125,7 +137,7 @@ def reduction(value: Any) -> str:
 def canonical_axis(name: str, axis: Any, ndim: int) -> int:
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {axis!r}")
-    if not -ndim <= axis < ndim:
+    if not -ndim <= int(axis) < ndim:
         raise ValueError(f"{name}={axis} is out of range for an array of rank {ndim}")
     return int(axis) % ndim
 
@@ -201,14 +213,15 @@ def check_precision(name: str, value: Any) -> None:
     precision(name, value)
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def jit(
     *,
     static_argnames: Sequence[str] = (),
     checks: dict[str, Callable[[str, Any], None]] | None = None,
-) -> Callable[[F], F]:
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``jax.jit`` that first checks the named arguments whose values are known.
 
     A scalar such as ``margin`` or ``temperature`` may be traced (learned, or passed
@@ -217,20 +230,21 @@ def jit(
     and a traced one passes as documented.
     """
 
-    def decorate(fn: F) -> F:
-        jitted = jax.jit(fn, static_argnames=tuple(static_argnames))
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        # jax.jit keeps the call signature, but its annotation (JitWrapped) does not say so.
+        jitted = cast("Callable[P, R]", jax.jit(fn, static_argnames=tuple(static_argnames)))
         if not checks:
-            return jitted  # type: ignore[return-value]
+            return jitted
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             bound = signature.bind(*args, **kwargs).arguments
             for name, check in checks.items():
                 if name in bound:
                     check(name, bound[name])
             return jitted(*args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorate

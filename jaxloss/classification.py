@@ -85,13 +85,17 @@ def _sigmoid_bce_value(logits: jax.Array, labels: jax.Array, pos_weight: jax.Arr
     )
 
 
-def _sigmoid_bce_fwd(logits, labels, pos_weight):
+def _sigmoid_bce_fwd(
+    logits: jax.Array, labels: jax.Array, pos_weight: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
     # The fwd rule computes the value itself: calling the custom_vjp function here
     # would break forward-over-reverse (jax.hessian).
     return _sigmoid_bce_value(logits, labels, pos_weight), (logits, labels, pos_weight)
 
 
-def _sigmoid_bce_bwd(residuals, g):
+def _sigmoid_bce_bwd(
+    residuals: tuple[jax.Array, jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     logits, labels, pos_weight = residuals
     x = logits.astype(labels.dtype)
     wy = pos_weight * labels
@@ -104,15 +108,16 @@ def _sigmoid_bce_bwd(residuals, g):
 _sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
 
 
-def _check_sigmoid_bce(logits, labels, *, pos_weight=None, label_smoothing=0.0, where=None,
-                       reduction="none"):
+def _check_sigmoid_bce(logits: ArrayLike, labels: ArrayLike, *,
+                       pos_weight: ArrayLike | None = None, label_smoothing: float = 0.0,
+                       where: ArrayLike | None = None, reduction: Reduction = "none") -> None:
     check_in_range("labels", labels, 0, 1)
     if pos_weight is not None:
         check_in_range("pos_weight", pos_weight, 0, None)
 
 
 @register_checks(_check_sigmoid_bce)
-@functools.partial(jax.jit, static_argnames=("label_smoothing", "reduction"))
+@_validate.jit(static_argnames=("label_smoothing", "reduction"))
 def sigmoid_binary_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -149,6 +154,13 @@ def sigmoid_binary_cross_entropy(
 
     Returns:
       The losses, in ``promote_types(logits.dtype, float32)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> loss = jaxloss.sigmoid_binary_cross_entropy(jnp.array([2.0, -1.0]), jnp.array([1.0, 0.0]))
+      >>> [round(v, 4) for v in loss.tolist()]  # log(1 + exp(-2)), log(1 + exp(-1))
+      [0.1269, 0.3133]
 
     References:
       Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.
@@ -189,11 +201,15 @@ def _bce_value(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
     return -labels * log_p - (1 - labels) * log_not_p
 
 
-def _bce_fwd(probabilities, labels):
+def _bce_fwd(
+    probabilities: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     return _bce_value(probabilities, labels), (probabilities, labels)
 
 
-def _bce_bwd(residuals, g):
+def _bce_bwd(
+    residuals: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     r"""PyTorch's: :math:`\partial\ell/\partial p = (p - y) / \max(p(1-p), 10^{-12})`,
     the exact derivative wherever :math:`p(1-p) > 10^{-12}` and finite at 0 and 1."""
     probabilities, labels = residuals
@@ -208,13 +224,14 @@ def _bce_bwd(residuals, g):
 _bce.defvjp(_bce_fwd, _bce_bwd)
 
 
-def _check_bce(probabilities, labels, *, where=None, reduction="none"):
+def _check_bce(probabilities: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None,
+               reduction: Reduction = "none") -> None:
     check_in_range("probabilities", probabilities, 0, 1)
     check_in_range("labels", labels, 0, 1)
 
 
 @register_checks(_check_bce)
-@functools.partial(jax.jit, static_argnames=("reduction",))
+@_validate.jit(static_argnames=("reduction",))
 def binary_cross_entropy(
     probabilities: ArrayLike,
     labels: ArrayLike,
@@ -343,9 +360,11 @@ def _log_normalizer(
         return _softmax.normalizer(x, dtype)
     # The blocks are a CPU measurement: on a GPU the one-level reduction is the faster
     # (measured on an H200), so each backend compiles its own form.
-    return jax.lax.platform_dependent(
+    # platform_dependent is annotated to return Any; it returns a branch's pair.
+    pair: tuple[jax.Array, jax.Array] = jax.lax.platform_dependent(
         x, cpu=lambda x: _softmax.normalizer(x, dtype, block=block),
         default=lambda x: _softmax.normalizer(x, dtype))
+    return pair
 
 
 def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
@@ -370,14 +389,25 @@ def _cross_entropy_grad(
 # Softmax cross-entropy with dense (one-hot or soft) targets.
 
 
+# The inputs, then the row normalizer (m, log s).
+_SoftmaxCEResiduals = tuple[
+    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array, jax.Array]
+_IntegerCEResiduals = tuple[
+    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None, jax.Array,
+    jax.Array]
+
+
 @jax.custom_vjp
 def _softmax_ce(
-    logits: jax.Array, labels: jax.Array, smoothing: jax.Array, valid: jax.Array | None
+    logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
+    valid: jax.Array | None,
 ) -> jax.Array:
     return _softmax_ce_fwd(logits, labels, smoothing, valid)[0]
 
 
-def _dense_target(x, labels, smoothing, valid):
+def _dense_target(
+    x: jax.Array, labels: jax.Array, smoothing: jax.Array | None, valid: jax.Array | None
+) -> jax.Array:
     """:math:`q = (1 - \\epsilon) y + \\epsilon u` with :math:`u` uniform over the
     classes that exist; 0 on classes that ``where`` excludes (optax)."""
     target = labels
@@ -386,7 +416,10 @@ def _dense_target(x, labels, smoothing, valid):
     return target if valid is None else jnp.where(valid, target, 0)
 
 
-def _softmax_ce_fwd(logits, labels, smoothing, valid):
+def _softmax_ce_fwd(
+    logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
+    valid: jax.Array | None,
+) -> tuple[jax.Array, _SoftmaxCEResiduals]:
     r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x) - x_c)`; residuals: the inputs and
     the normalizer :math:`(m, \log s)` per row."""
     x = logits.astype(labels.dtype)
@@ -398,7 +431,9 @@ def _softmax_ce_fwd(logits, labels, smoothing, valid):
     return loss, (logits, labels, smoothing, valid, m, log_s)
 
 
-def _softmax_ce_bwd(residuals, g):
+def _softmax_ce_bwd(
+    residuals: _SoftmaxCEResiduals, g: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array | None, None]:
     r""":math:`\partial\ell/\partial x = p \sum_c q_c - q`;
     :math:`\partial\ell/\partial y_c = (1-\epsilon)(\mathrm{lse} - x_c)` on the classes
     that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
@@ -422,13 +457,14 @@ def _softmax_ce_bwd(residuals, g):
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
 
 
-def _check_softmax_ce(logits, labels, *, axis=-1, where=None, label_smoothing=0.0,
-                      reduction="none"):
+def _check_softmax_ce(logits: ArrayLike, labels: ArrayLike, *,
+                      axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None,
+                      label_smoothing: float = 0.0, reduction: Reduction = "none") -> None:
     check_in_range("labels", labels, 0, None)
 
 
 @register_checks(_check_softmax_ce)
-@functools.partial(jax.jit, static_argnames=("axis", "label_smoothing", "reduction"))
+@_validate.jit(static_argnames=("axis", "label_smoothing", "reduction"))
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -465,6 +501,14 @@ def softmax_cross_entropy(
     Returns:
       One loss per row (``logits.shape`` without ``axis``) for ``"none"``, in
       ``promote_types(logits.dtype, float32)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> loss = jaxloss.softmax_cross_entropy(jnp.array([[2.0, 1.0, 0.1]]),
+      ...                                      jnp.array([[1.0, 0.0, 0.0]]))
+      >>> [round(v, 4) for v in loss.tolist()]
+      [0.417]
 
     References:
       Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.3;
@@ -518,7 +562,10 @@ def _at_label(values: jax.Array, labels: jax.Array, shape: tuple[int, ...]) -> j
     return jnp.where(classes == labels[..., None], values[..., None], 0)
 
 
-def _smoothing_terms(x, class_weights, smoothing, valid):
+def _smoothing_terms(
+    x: jax.Array, class_weights: jax.Array | None, smoothing: jax.Array | None,
+    valid: jax.Array | None,
+) -> jax.Array | None:
     """``eps * w * u``, the smoothing part of the target (None without smoothing)."""
     if smoothing is None:
         return None
@@ -526,7 +573,10 @@ def _smoothing_terms(x, class_weights, smoothing, valid):
     return target if class_weights is None else target * class_weights
 
 
-def _label_coefficient(x, labels, class_weights, smoothing, gather):
+def _label_coefficient(
+    x: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
+    smoothing: jax.Array | None, gather: bool,
+) -> jax.Array:
     """:math:`(1 - \\epsilon) w_y`, the target weight of each row's label."""
     coefficient = jnp.ones(labels.shape, x.dtype)
     if class_weights is not None:
@@ -535,11 +585,17 @@ def _label_coefficient(x, labels, class_weights, smoothing, gather):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _integer_ce(logits, labels, class_weights, smoothing, valid, gather):
+def _integer_ce(
+    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
+    smoothing: jax.Array | None, valid: jax.Array | None, gather: bool,
+) -> jax.Array:
     return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather)[0]
 
 
-def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather):
+def _integer_ce_fwd(
+    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
+    smoothing: jax.Array | None, valid: jax.Array | None, gather: bool,
+) -> tuple[jax.Array, _IntegerCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
     (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`; NaN for a label
     outside ``[0, C)``. Residuals: the inputs and the normalizer :math:`(m, \log s)`
@@ -563,7 +619,9 @@ def _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather):
     return loss, (logits, labels, class_weights, smoothing, valid, m, log_s)
 
 
-def _integer_ce_bwd(gather, residuals, g):
+def _integer_ce_bwd(
+    gather: bool, residuals: _IntegerCEResiduals, g: jax.Array
+) -> tuple[jax.Array, None, jax.Array | None, jax.Array | None, None]:
     r""":math:`\partial\ell/\partial x = p \sum_c a_c - a` with :math:`a = \alpha\,
     \mathrm{onehot}(y) + \epsilon w u` (NaN on rows whose label is out of range);
     :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n - x_{nc})`;
@@ -612,9 +670,11 @@ def _integer_ce_bwd(gather, residuals, g):
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
 
 
-def _check_integer_ce(logits, labels, *, axis=-1, where=None, ignore_index=None,
-                      label_smoothing=0.0, class_weights=None, reduction="none",
-                      axis_name=None):
+def _check_integer_ce(logits: ArrayLike, labels: ArrayLike, *,
+                      axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None,
+                      ignore_index: int | None = None, label_smoothing: float = 0.0,
+                      class_weights: ArrayLike | None = None, reduction: Reduction = "none",
+                      axis_name: AxisName | None = None) -> None:
     logits = jnp.asarray(logits)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     num_classes = 1
@@ -628,8 +688,7 @@ def _check_integer_ce(logits, labels, *, axis=-1, where=None, ignore_index=None,
 
 
 @register_checks(_check_integer_ce)
-@functools.partial(
-    jax.jit,
+@_validate.jit(
     static_argnames=("axis", "ignore_index", "label_smoothing", "reduction", "axis_name"),
 )
 def softmax_cross_entropy_with_integer_labels(
@@ -692,6 +751,18 @@ def softmax_cross_entropy_with_integer_labels(
     Returns:
       One loss per row for ``"none"``, in ``promote_types(logits.dtype, float32)``.
 
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> logits = jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.0]])
+      >>> loss = jaxloss.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1]))
+      >>> [round(v, 4) for v in loss.tolist()]
+      [0.417, 0.1967]
+      >>> mean = jaxloss.softmax_cross_entropy_with_integer_labels(
+      ...     logits, jnp.array([0, -100]), ignore_index=-100, reduction="mean")
+      >>> round(float(mean), 4)  # the ignored row is left out of the mean
+      0.417
+
     References:
       Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.3;
       Müller et al., `When Does Label Smoothing Help?
@@ -725,7 +796,10 @@ def softmax_cross_entropy_with_integer_labels(
                 f"has no contiguous global class ids), got axis={axis!r}")
         losses, keep, denominator = _vocab_parallel_integer_ce(
             x, labels, axis_name=axis_name, valid=valid, ignore_index=ignore_index,
-            label_smoothing=smoothing_value, class_weights=class_weights)
+            # label_smoothing is static, so concrete: not None (only a complex scalar,
+            # which in_unit_interval lets through, would be).
+            label_smoothing=smoothing_value,  # type: ignore[arg-type]
+            class_weights=class_weights)
         return weighted_reduce(losses, reduction, where=keep, denominator=denominator)
 
     keep = None if valid is None else jnp.any(valid, axis=-1)
@@ -751,14 +825,18 @@ def _categorical_ce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
     return _categorical_ce_fwd(probabilities, labels)[0]
 
 
-def _clipped(probabilities, dtype):
+def _clipped(
+    probabilities: jax.Array, dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     p = probabilities.astype(dtype)
     total = jnp.sum(p, axis=-1, keepdims=True)
     ratio = p / total
     return ratio, jnp.clip(ratio, KERAS_EPSILON, 1 - KERAS_EPSILON), total
 
 
-def _categorical_ce_fwd(probabilities, labels):
+def _categorical_ce_fwd(
+    probabilities: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     r""":math:`\ell = -\sum_c y_c \log \mathrm{clip}(p_c / S, \varepsilon, 1 - \varepsilon)`,
     :math:`S = \sum_c p_c` (Keras normalizes, then clips)."""
     _, clipped, _ = _clipped(probabilities, labels.dtype)
@@ -766,7 +844,9 @@ def _categorical_ce_fwd(probabilities, labels):
     return loss, (probabilities, labels)
 
 
-def _categorical_ce_bwd(residuals, g):
+def _categorical_ce_bwd(
+    residuals: tuple[jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     r"""With :math:`r = p/S`, :math:`u = \mathrm{clip}(r)` and
     :math:`h_c = -y_c / u_c` where :math:`r_c` is inside the clip range (0 outside):
     :math:`\partial\ell/\partial p_k = (h_k - \sum_c h_c r_c) / S`;
@@ -783,13 +863,15 @@ def _categorical_ce_bwd(residuals, g):
 _categorical_ce.defvjp(_categorical_ce_fwd, _categorical_ce_bwd)
 
 
-def _check_categorical_ce(probabilities, labels, *, axis=-1, where=None, reduction="none"):
+def _check_categorical_ce(probabilities: ArrayLike, labels: ArrayLike, *, axis: int = -1,
+                          where: ArrayLike | None = None,
+                          reduction: Reduction = "none") -> None:
     check_in_range("probabilities", probabilities, 0, 1)
     check_in_range("labels", labels, 0, None)
 
 
 @register_checks(_check_categorical_ce)
-@functools.partial(jax.jit, static_argnames=("axis", "reduction"))
+@_validate.jit(static_argnames=("axis", "reduction"))
 def categorical_cross_entropy(
     probabilities: ArrayLike,
     labels: ArrayLike,
@@ -855,15 +937,16 @@ def _times_unless_infinite(coefficient: jax.Array, value: jax.Array) -> jax.Arra
     return jnp.where((coefficient == 0) & jnp.isinf(value), 0, coefficient * value)
 
 
-def _check_nll(log_probs, labels, *, class_weights=None, ignore_index=None, where=None,
-               reduction="none"):
+def _check_nll(log_probs: ArrayLike, labels: ArrayLike, *,
+               class_weights: ArrayLike | None = None, ignore_index: int | None = None,
+               where: ArrayLike | None = None, reduction: Reduction = "none") -> None:
     check_labels("labels", labels, jnp.shape(log_probs)[-1], ignore_index)
     if class_weights is not None:
         check_in_range("class_weights", class_weights, 0, None)
 
 
 @register_checks(_check_nll)
-@functools.partial(jax.jit, static_argnames=("ignore_index", "reduction"))
+@_validate.jit(static_argnames=("ignore_index", "reduction"))
 def nll_loss(
     log_probs: ArrayLike,
     labels: ArrayLike,
@@ -904,6 +987,14 @@ def nll_loss(
 
     Returns:
       The losses, in ``promote_types(log_probs.dtype, float32)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> probs = jnp.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2]])
+      >>> loss = jaxloss.nll_loss(jnp.log(probs), jnp.array([0, 1]))
+      >>> [round(v, 4) for v in loss.tolist()]  # -log 0.8, -log 0.7
+      [0.2231, 0.3567]
 
     References:
       PyTorch, `torch.nn.NLLLoss
@@ -947,7 +1038,7 @@ def nll_loss(
                            denominator=None if class_weights is None else weight)
 
 
-@functools.partial(jax.jit, static_argnames=("reduction",))
+@_validate.jit(static_argnames=("reduction",))
 def soft_margin_loss(
     predictions: ArrayLike,
     targets: ArrayLike,
@@ -997,14 +1088,16 @@ def soft_margin_loss(
                            denominator=None)
 
 
-def _check_multilabel(logits, labels, *, class_weights=None, where=None, reduction="none"):
+def _check_multilabel(logits: ArrayLike, labels: ArrayLike, *,
+                      class_weights: ArrayLike | None = None, where: ArrayLike | None = None,
+                      reduction: Reduction = "none") -> None:
     check_in_range("labels", labels, 0, 1)
     if class_weights is not None:
         check_in_range("class_weights", class_weights, 0, None)
 
 
 @register_checks(_check_multilabel)
-@functools.partial(jax.jit, static_argnames=("reduction",))
+@_validate.jit(static_argnames=("reduction",))
 def multilabel_soft_margin_loss(
     logits: ArrayLike,
     labels: ArrayLike,

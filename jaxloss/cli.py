@@ -8,6 +8,7 @@ import pathlib
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,7 +80,7 @@ DEMO_TASKS = {
 }
 
 
-def _data():
+def _data() -> types.ModuleType:
     from jaxloss import data
 
     return data
@@ -318,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return args.run(args)
+        code: int = args.run(args)  # argparse.Namespace attributes are Any
+        return code
     except SystemExit as e:
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)

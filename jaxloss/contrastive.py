@@ -75,12 +75,16 @@ def _euclidean_value(a: jax.Array, b: jax.Array, eps: jax.Array) -> jax.Array:
     return _norm(a - b + eps)
 
 
-def _euclidean_fwd(a, b, eps):
+def _euclidean_fwd(
+    a: jax.Array, b: jax.Array, eps: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     d = _euclidean_value(a, b, eps)
     return d, (a, b, eps, d)
 
 
-def _euclidean_bwd(residuals, g):
+def _euclidean_bwd(
+    residuals: tuple[jax.Array, jax.Array, jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     r""":math:`\partial d/\partial a = (a - b + \epsilon)/d`, and 0 at :math:`d = 0`
     (PyTorch's subgradient of the norm)."""
     a, b, eps, d = residuals
@@ -140,7 +144,7 @@ def _distance(a: jax.Array, b: jax.Array, metric: str) -> jax.Array:
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "axis"))
+@_validate.jit(static_argnames=("metric", "axis"))
 def pairwise_distance(
     a: ArrayLike, b: ArrayLike, *, metric: Metric = "euclidean", axis: int = -1
 ) -> jax.Array:
@@ -157,7 +161,8 @@ def pairwise_distance(
     divides by its ``eps`` there instead, and its gradient is of order 1/eps).
 
     Args:
-      a, b: embeddings, broadcastable to each other.
+      a: embeddings.
+      b: embeddings, broadcastable with ``a``.
       metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
       axis: the feature axis.
 
@@ -196,12 +201,13 @@ def _similar_labels(similar: ArrayLike, shape: tuple[int, ...], dtype: jnp.dtype
     return jnp.broadcast_to(similar.astype(dtype), shape)
 
 
-def _check_contrastive_from_distance(distances, similar, **_):
+def _check_contrastive_from_distance(distances: ArrayLike, similar: ArrayLike, **_: object) -> None:
     check_in_range("distances", distances, 0, None)
     check_in_range("similar", similar, 0, 1)
 
 
-def _check_contrastive(embeddings_a, embeddings_b, similar, **_):
+def _check_contrastive(embeddings_a: ArrayLike, embeddings_b: ArrayLike, similar: ArrayLike,
+                       **_: object) -> None:
     check_in_range("similar", similar, 0, 1)
 
 
@@ -278,13 +284,24 @@ def contrastive_loss(
     gradients are PyTorch autograd's of the same formula.
 
     Args:
-      embeddings_a, embeddings_b: embeddings of each pair's two sides, ``[..., D]``.
+      embeddings_a: embeddings of each pair's first side, ``[..., D]``.
+      embeddings_b: embeddings of each pair's second side, ``[..., D]``.
       similar: 1 (or True) for a similar pair, 0 for a dissimilar one, ``[...]``.
       margin: :math:`m \ge 0`.
       metric: the distance :math:`d`: ``"euclidean"`` (default), ``"squared_euclidean"``
         or ``"cosine"``.
       where: boolean mask of the pairs to include.
       reduction: ``"none"`` (default, one value per pair), ``"mean"`` or ``"sum"``.
+
+    Examples:
+      A similar pair at distance 5 and a dissimilar pair at distance 1, inside the margin:
+
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> a = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+      >>> b = jnp.array([[3.0, 4.0], [1.0, 2.0]])
+      >>> jaxloss.contrastive_loss(a, b, jnp.array([1, 0]), margin=2.0).tolist()
+      [12.5, 0.5]
 
     References:
       Hadsell, Chopra & LeCun, `Dimensionality Reduction by Learning an Invariant
@@ -331,12 +348,23 @@ def triplet_margin_loss(
     which makes its ``norm_degree=1`` a signed sum rather than a distance.
 
     Args:
-      anchors, positives, negatives: embeddings ``[..., D]``, broadcastable.
+      anchors: embeddings ``[..., D]``.
+      positives: embeddings ``[..., D]``, broadcastable with ``anchors``.
+      negatives: embeddings ``[..., D]``, broadcastable with ``anchors``.
       margin: :math:`m \ge 0`.
       norm_degree: :math:`p \ge 1`.
       eps: added to each difference, as PyTorch does.
       swap: use the distance swap.
       reduction: ``"none"`` (default, one value per triplet), ``"mean"`` or ``"sum"``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> anchor, positive = jnp.array([[0.0, 0.0]]), jnp.array([[1.0, 0.0]])
+      >>> negative = jnp.array([[0.0, 1.5]])  # max(1 - 1.5 + margin, 0)
+      >>> loss = jaxloss.triplet_margin_loss(anchor, positive, negative, margin=1.0)
+      >>> [round(v, 4) for v in loss.tolist()]
+      [0.5]
 
     References:
       Balntas et al., `Learning local feature descriptors with triplets and shallow
@@ -418,7 +446,9 @@ def triplet_margin_with_distance_loss(
     autodiff of it (e.g. ``lambda a, b: 1 - jaxloss.cosine_similarity(a, b)``).
 
     Args:
-      anchors, positives, negatives: embeddings ``[..., D]``, broadcastable.
+      anchors: embeddings ``[..., D]``.
+      positives: embeddings ``[..., D]``, broadcastable with ``anchors``.
+      negatives: embeddings ``[..., D]``, broadcastable with ``anchors``.
       distance_function: ``(x, y) -> distances``, or None for ``pairwise_distance``.
       margin: :math:`m > 0` (PyTorch raises otherwise; so does this, when the margin is
         known at trace time).
@@ -582,7 +612,8 @@ def ntxent(
 # InfoNCE (CLIP).
 
 
-def _scores(q: jax.Array, k: jax.Array, temperature: jax.Array, precision) -> jax.Array:
+def _scores(q: jax.Array, k: jax.Array, temperature: jax.Array,
+            precision: _validate.Precision) -> jax.Array:
     """:math:`q k^\\top / \\tau`, accumulated in the compute dtype (float32 for bf16)."""
     return jnp.matmul(q, k.T, precision=precision,
                       preferred_element_type=temperature.dtype) / temperature
@@ -595,17 +626,28 @@ def _row_chunks(x: jax.Array, chunk: int) -> jax.Array:
     return x.reshape((-1, chunk) + x.shape[1:])
 
 
-def _carry(axis_name, *init: jax.Array) -> tuple[jax.Array, ...]:
+def _carry(axis_name: dist.AxisName | None, a: jax.Array,
+           b: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A scan's initial carry, varying over ``axis_name`` like the values it meets."""
-    return init if axis_name is None else tuple(dist.varying(x, axis_name) for x in init)
+    return (a, b) if axis_name is None else (dist.varying(a, axis_name),
+                                             dist.varying(b, axis_name))
+
+
+# The inputs, the row normalizer (m, log s) and the column one (symmetric only).
+_InfoNCEResiduals = tuple[jax.Array, jax.Array, jax.Array, jax.Array,
+                          tuple[jax.Array, jax.Array], tuple[jax.Array, ...] | None]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _info_nce(q, k, k_all, temperature, symmetric, chunk, axis_name, precision):
+def _info_nce(q: jax.Array, k: jax.Array, k_all: jax.Array, temperature: jax.Array,
+              symmetric: bool, chunk: int | None, axis_name: dist.AxisName | None,
+              precision: _validate.Precision) -> jax.Array:
     return _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precision)[0]
 
 
-def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precision):
+def _info_nce_fwd(q: jax.Array, k: jax.Array, k_all: jax.Array, temperature: jax.Array,
+                  symmetric: bool, chunk: int | None, axis_name: dist.AxisName | None,
+                  precision: _validate.Precision) -> tuple[jax.Array, _InfoNCEResiduals]:
     r"""Row :math:`i`: :math:`\mathrm{lse}_j(s_{ij}) - s_{i,o+i}`; symmetric adds the
     column term and halves. ``q`` and ``k`` are this device's rows, ``k_all`` the keys
     of every device (``k`` itself on one device), :math:`o` the offset of this device's
@@ -614,13 +656,13 @@ def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precisi
     dtype = temperature.dtype
     batch = q.shape[0]
     diagonal = jnp.sum(q.astype(dtype) * k, axis=-1) / temperature
-    col = None
+    col: tuple[jax.Array, ...] | None = None
     if chunk is None:
         s = _scores(q, k_all, temperature, precision)
         row_m, row_log_s = (a[:, 0] for a in _softmax.normalizer(s, dtype, axis=1))
         if symmetric and axis_name is None:
             col = tuple(a[0] for a in _softmax.normalizer(s, dtype, axis=0))
-        elif symmetric:
+        elif symmetric and axis_name is not None:
             col_max = jnp.max(s, axis=0)
             col_sum = jnp.sum(jnp.exp(s - _softmax.finite_shift(col_max)), axis=0)
             col = _softmax.finish(*_softmax.combine(col_max, col_sum, axis_name))
@@ -628,12 +670,14 @@ def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precisi
         starts = jnp.arange(0, batch + (-batch % chunk), chunk)
         columns = k_all.shape[0]
 
-        def step(carry, xs):
+        def step(carry: tuple[jax.Array, jax.Array], xs: tuple[jax.Array, jax.Array]
+                 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
             q_chunk, start = xs
             s = _scores(q_chunk, k_all, temperature, precision)
             real = (start + jnp.arange(chunk) < batch)[:, None]
             s = jnp.where(real, s, -jnp.inf)
-            row = tuple(a[:, 0] for a in _softmax.normalizer(s, dtype, axis=1))
+            m, log_s = _softmax.normalizer(s, dtype, axis=1)
+            row = (m[:, 0], log_s[:, 0])
             if symmetric:  # online log-sum-exp down the columns
                 carry = _softmax.online_update(*carry, s, axis=0)
             return carry, row
@@ -645,10 +689,11 @@ def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precisi
         row_m, row_log_s = row_m.reshape(-1)[:batch], row_log_s.reshape(-1)[:batch]
         if symmetric and axis_name is None:
             col = _softmax.finish(col_max, col_sum)
-        elif symmetric:
+        elif symmetric and axis_name is not None:
             col = _softmax.finish(*_softmax.combine(col_max, col_sum, axis_name))
     loss = _softmax.neg_log_probabilities(diagonal, row_m, row_log_s, recomputed=True)
     if symmetric:
+        assert col is not None  # symmetric: a column normalizer was computed above
         own = col if axis_name is None else tuple(
             jax.lax.dynamic_slice_in_dim(a, dist.axis_index(axis_name) * batch, batch)
             for a in col)
@@ -656,7 +701,10 @@ def _info_nce_fwd(q, k, k_all, temperature, symmetric, chunk, axis_name, precisi
     return loss, (q, k, k_all, temperature, (row_m, row_log_s), col)
 
 
-def _info_nce_bwd(symmetric, chunk, axis_name, precision, residuals, g):
+def _info_nce_bwd(
+    symmetric: bool, chunk: int | None, axis_name: dist.AxisName | None,
+    precision: _validate.Precision, residuals: _InfoNCEResiduals, g: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     r"""With :math:`G_{ij} = g^r_i P^r_{ij} + g^c_j P^c_{ij} - \delta_{j,o+i}(g^r_i +
     g^c_{o+i})` (:math:`P^r, P^c` the row and column softmax of :math:`s`, rebuilt from
     the normalizers with :func:`jaxloss._softmax.probabilities` so that a recomputed
@@ -674,12 +722,14 @@ def _info_nce_bwd(symmetric, chunk, axis_name, precision, residuals, g):
     if symmetric and axis_name is not None:  # every column's cotangent
         g_col = dist.all_gather_with_grad(g_own, axis_name)
 
-    def block(s, g_rows, m_rows, log_s_rows):
+    def block(s: jax.Array, g_rows: jax.Array, m_rows: jax.Array,
+              log_s_rows: jax.Array) -> jax.Array:
         """G for a block of rows (without the diagonal term)."""
         p = _softmax.probabilities(s, m_rows[:, None], log_s_rows[:, None],
                                    recomputed=True)
         grad = _times(g_rows[:, None], p)
         if symmetric:
+            assert col is not None  # symmetric: the forward pass kept it
             p = _softmax.probabilities(s, col[0][None, :], col[1][None, :],
                                        recomputed=True)
             grad = grad + _times(g_col[None, :], p)
@@ -695,7 +745,9 @@ def _info_nce_bwd(symmetric, chunk, axis_name, precision, residuals, g):
         starts = jnp.arange(0, batch + (-batch % chunk), chunk)
         rows = tuple(_row_chunks(a, chunk) for a in (g_row, row_m, row_log_s))
 
-        def step(carry, xs):
+        def step(carry: tuple[jax.Array, jax.Array],
+                 xs: tuple[jax.Array, tuple[jax.Array, ...], jax.Array]
+                 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
             d_k_all, d_t = carry
             q_chunk, row, start = xs
             s = _scores(q_chunk, k_all, temperature, precision)
@@ -731,7 +783,8 @@ def _replicated(x: jax.Array) -> jax.Array:
         x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
 
 
-def _global_reduce(losses: jax.Array, reduction: str, axis_name) -> jax.Array:
+def _global_reduce(losses: jax.Array, reduction: str,
+                   axis_name: dist.AxisName | None) -> jax.Array:
     """``"none"``: this device's rows; ``"sum"`` / ``"mean"``: over the rows of every
     device along ``axis_name`` (a ``psum``, the same value on each)."""
     if axis_name is None:
@@ -745,7 +798,7 @@ def _global_reduce(losses: jax.Array, reduction: str, axis_name) -> jax.Array:
                               axis_name=axes)
 
 
-def _check_axis_name(axis_name) -> None:
+def _check_axis_name(axis_name: dist.AxisName | None) -> None:
     """A usable ``axis_name``: None, or a name bound by an enclosing ``jax.shard_map``."""
     if axis_name is not None:
         dist.axis_size(axis_name)
@@ -818,6 +871,14 @@ def info_nce(
       ValueError: ``axis_name`` is not bound (the call is not inside a
         ``jax.shard_map`` over that axis).
 
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> queries = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> loss = jaxloss.info_nce(queries, queries, temperature=0.5)  # log(1 + exp(-2))
+      >>> [round(v, 4) for v in loss.tolist()]
+      [0.1269, 0.1269]
+
     References:
       van den Oord et al., `Representation Learning with Contrastive Predictive Coding
       <https://arxiv.org/abs/1807.03748>`_, 2018; Radford et al., `Learning Transferable
@@ -870,7 +931,7 @@ def info_nce(
 
 
 def _siglip_block(x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array,
-                  positives: bool, precision) -> jax.Array:
+                  positives: bool, precision: _validate.Precision) -> jax.Array:
     r"""Row sums of :math:`-\log\sigma(y_{ij} z_{ij})` for one block of pairs, with the
     labels :math:`+1` on the diagonal when ``positives`` (the block of matching texts)
     and :math:`-1` elsewhere."""
@@ -883,7 +944,8 @@ def _siglip_block(x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array,
     return -jnp.sum(jax.nn.log_sigmoid(z), axis=1)
 
 
-def _check_siglip(image_embeddings, text_embeddings, temperature, bias, **_):
+def _check_siglip(image_embeddings: ArrayLike, text_embeddings: ArrayLike,
+                  temperature: ArrayLike, bias: ArrayLike, **_: object) -> None:
     check_in_range("temperature", temperature, 0, None)
 
 
@@ -985,7 +1047,8 @@ def siglip_loss(
         block = jax.checkpoint(_siglip_block, static_argnums=(4, 5))
         losses = block(x, y, scale, bias, True, precision)
 
-        def visit(carry, _):
+        def visit(carry: tuple[jax.Array, jax.Array],
+                  _: None) -> tuple[tuple[jax.Array, jax.Array], None]:
             texts, total = carry
             texts = dist.ring_shift(texts, axis_name)
             return (texts, total + block(x, texts, scale, bias, False, precision)), None
@@ -1000,7 +1063,7 @@ def siglip_loss(
 # Pair sampling for Siamese training.
 
 
-@functools.partial(jax.jit, static_argnames=("num_pairs", "positive_fraction"))
+@_validate.jit(static_argnames=("num_pairs", "positive_fraction"))
 def make_pairs(
     labels: ArrayLike,
     key: jax.Array,

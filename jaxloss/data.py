@@ -8,6 +8,7 @@ dependency (the ``demo`` extra).
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
@@ -37,14 +38,15 @@ class Dataset:
         return int(first.shape[-1])
 
 
-def _sklearn():
+def _sklearn() -> types.ModuleType:
     try:
         from sklearn import datasets
     except ImportError as e:  # pragma: no cover - exercised only without the extra
         raise ImportError(
             "the demo datasets need scikit-learn: pip install 'jaxloss[demo]'"
         ) from e
-    return datasets
+    module: types.ModuleType = datasets  # unannotated: sklearn ships no types
+    return module
 
 
 def _split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

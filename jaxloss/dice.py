@@ -56,7 +56,10 @@ def _class_axis_check(predictions: jax.Array, targets: jax.Array) -> None:
                          f"{tuple(predictions.shape)}, got {_validate.describe(targets)}")
 
 
-def _dice_terms(probs, targets, reduced, smooth, alpha, beta):
+def _dice_terms(
+    probs: jax.Array, targets: jax.Array, reduced: tuple[int, ...], smooth: jax.Array,
+    alpha: jax.Array, beta: jax.Array,
+) -> jax.Array:
     """``1 - (I + smooth) / (I + alpha FP + beta FN + smooth)`` per class, 0 (with gradient
     0) where that is 0/0."""
     intersection = jnp.sum(probs * targets, axis=reduced)
@@ -71,8 +74,11 @@ def _dice_terms(probs, targets, reduced, smooth, alpha, beta):
     return jnp.where(undefined, 0, 1 - safe_num / safe_den)
 
 
-def _dice(predictions, targets, class_weights, smooth, alpha, beta, apply_softmax, reduction,
-          ignore_background, axis):
+def _dice(
+    predictions: jax.Array, targets: jax.Array, class_weights: jax.Array | None,
+    smooth: jax.Array, alpha: jax.Array, beta: jax.Array, apply_softmax: bool,
+    reduction: Reduction, ignore_background: bool, axis: int | tuple[int, ...] | None,
+) -> jax.Array:
     """optax's dice_loss on validated arrays of equal shape."""
     ndim = predictions.ndim
     if axis is None:

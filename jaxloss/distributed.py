@@ -70,6 +70,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import jax
 from jax.sharding import AxisType, Mesh
@@ -148,6 +149,14 @@ def varying_axes(x: jax.Array) -> frozenset[str]:
     (empty outside it, and under ``check_vma=False``)."""
     manual = getattr(jax.typeof(x), "manual_axis_type", None)
     return frozenset(getattr(manual, "varying", frozenset()))
+
+
+@overload
+def match_varying(*xs: jax.Array) -> tuple[jax.Array, ...]: ...
+
+
+@overload
+def match_varying(*xs: jax.Array | None) -> tuple[jax.Array | None, ...]: ...
 
 
 def match_varying(*xs: jax.Array | None) -> tuple[jax.Array | None, ...]:

@@ -29,7 +29,10 @@ __all__ = [
 ]
 
 
-def _inputs(log_predictions, second, second_name, where, axis):
+def _inputs(
+    log_predictions: ArrayLike, second: ArrayLike, second_name: str,
+    where: ArrayLike | None, axis: Axis,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, tuple[int, ...]]:
     log_predictions = _validate.floating("log_predictions", log_predictions)
     second = _validate.floating(second_name, second)
     where = _validate.mask("where", where)
@@ -40,7 +43,7 @@ def _inputs(log_predictions, second, second_name, where, axis):
     return lp, t, where, reduced
 
 
-def _masked(where, *arrays):
+def _masked(where: jax.Array | None, *arrays: jax.Array) -> tuple[jax.Array, ...]:
     """Masked elements are replaced by 0 before any term is formed, so that a NaN or
     inf there reaches neither the value nor the gradient."""
     if where is None:
@@ -48,7 +51,7 @@ def _masked(where, *arrays):
     return tuple(jnp.where(where, a, 0) for a in arrays)
 
 
-def _sum(terms, where, reduced):
+def _sum(terms: jax.Array, where: jax.Array | None, reduced: tuple[int, ...]) -> jax.Array:
     if where is not None:
         terms = jnp.where(where, terms, 0)
     return jnp.sum(terms, axis=reduced)
@@ -96,6 +99,14 @@ def kl_divergence(
 
     Returns:
       The divergences, shape ``[...]``, in ``promote_types(dtype, float32)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> log_predictions = jnp.log(jnp.array([0.5, 0.5]))
+      >>> targets = jnp.array([0.8, 0.2])  # 0.8 log(0.8 / 0.5) + 0.2 log(0.2 / 0.5)
+      >>> round(float(jaxloss.kl_divergence(log_predictions, targets)), 4)
+      0.1927
 
     References:
       Kullback and Leibler, `On Information and Sufficiency

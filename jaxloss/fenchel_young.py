@@ -70,7 +70,10 @@ def _shifted_inner(targets: jax.Array, scores: jax.Array, shift: jax.Array) -> j
 
 
 @_shifted_inner.defjvp
-def _shifted_inner_jvp(primals, tangents):
+def _shifted_inner_jvp(
+    primals: tuple[jax.Array, jax.Array, jax.Array],
+    tangents: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[jax.Array, jax.Array]:
     # The derivative of <y, theta> - m, from the inputs themselves: -theta_i itself
     # where theta_i - m overflows (a score near -3e38 under one near 3e38).
     targets, scores, shift = primals

@@ -18,6 +18,7 @@ already-formed logit shards.
 from __future__ import annotations
 
 import functools
+from typing import Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +44,19 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "linear_softmax_cross_entropy"]
 # version's temporary memory (4096 would need 1/12, over the 1/16 goal) and run a few
 # percent faster than with 1024 or 512 (1/30, 1/41). See the docstring's figures.
 DEFAULT_CHUNK_SIZE = 2048
+"""Vocabulary columns per chunk of :func:`linear_softmax_cross_entropy` when
+``chunk_size`` is None."""
 
 
 # ---------------------------------------------------------------------------------
 # Vocabulary parallelism: the class axis sharded over the mesh axes ``axis_name``.
 
 
-def _vary_together(arrays, *like: jax.Array | None, axis_name: AxisName | None = None):
+_Arrays = TypeVar("_Arrays", bound=tuple[Any, ...])
+
+
+def _vary_together(arrays: _Arrays, *like: jax.Array | None,
+                   axis_name: AxisName | None = None) -> _Arrays:
     """The differentiable ``arrays`` of a custom_vjp typed as varying over every mesh
     axis that any of them (or of ``like``: labels, masks, cotangents) varies over, and
     over ``axis_name``; a no-op outside ``shard_map`` and under ``check_vma=False``.
@@ -62,10 +69,11 @@ def _vary_together(arrays, *like: jax.Array | None, axis_name: AxisName | None =
     inputs.) ``like`` is not cast: labels typed as varying over ``axis_name`` would
     make the per-row losses, equal on every shard, vary too. Also the initial carries
     of a scan over such inputs."""
-    arrays = tuple(arrays)
+    cast_arrays = tuple(arrays)
     if axis_name is not None:
-        arrays = tuple(None if a is None else varying(a, axis_name) for a in arrays)
-    return match_varying(*arrays, *like)[: len(arrays)]
+        cast_arrays = tuple(None if a is None else varying(a, axis_name) for a in cast_arrays)
+    # Each entry keeps its kind (an array stays an array, None stays None).
+    return cast(_Arrays, match_varying(*cast_arrays, *like)[: len(cast_arrays)])
 
 
 def _total_cotangent(g: jax.Array, typed_residual: jax.Array, axis_name: AxisName) -> jax.Array:
@@ -83,7 +91,9 @@ def _total_cotangent(g: jax.Array, typed_residual: jax.Array, axis_name: AxisNam
     return jax.lax.psum(g, axis_name)
 
 
-def _shard_labels(labels: jax.Array, local_vocab: int, axis_name: AxisName | None):
+def _shard_labels(
+    labels: jax.Array, local_vocab: int, axis_name: AxisName | None
+) -> tuple[jax.Array, int, jax.Array]:
     """Global class ids -> this shard's column of each label (outside ``[0, local_vocab)``
     where another shard, or none, owns it), the global vocabulary and whether each label
     lies in it. Shard ``i`` of ``axis_name`` (``jax.lax.axis_index``) owns the classes
@@ -113,13 +123,27 @@ def _owner_pick(values: jax.Array, local: jax.Array, axis_name: AxisName) -> jax
     return jax.lax.psum(jnp.where(owned, picked, 0), axis_name)
 
 
+# The inputs; per row the normalizer (m, log s), alpha, the total target weight (with
+# smoothing), half the label's -log p (with class weights) and the count of classes
+# (with smoothing).
+_ShardedCEResiduals = tuple[
+    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array, jax.Array, jax.Array,
+    jax.Array | None, jax.Array | None, jax.Array | None]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _sharded_integer_ce(logits, labels, class_weights, valid, smoothing, axis_name):
+def _sharded_integer_ce(
+    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
+    valid: jax.Array | None, smoothing: float, axis_name: AxisName,
+) -> jax.Array:
     return _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing,
                                    axis_name)[0]
 
 
-def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axis_name):
+def _sharded_integer_ce_fwd(
+    logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
+    valid: jax.Array | None, smoothing: float, axis_name: AxisName,
+) -> tuple[jax.Array, _ShardedCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \epsilon \sum_c w_c u_c
     (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`, the classes split
     over ``axis_name``: :math:`m = \mathrm{pmax}(\max_c x_c)`, :math:`\mathrm{lse} = m +
@@ -158,14 +182,19 @@ def _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, axi
     return loss, residuals
 
 
-def _shard_smoothing(support, count, class_weights, smoothing, dtype):
+def _shard_smoothing(
+    support: jax.Array, count: jax.Array, class_weights: jax.Array | None, smoothing: float,
+    dtype: jnp.dtype,
+) -> jax.Array:
     """:math:`\\epsilon w_c u_c` on this shard's classes, :math:`u` uniform over the
     ``count`` classes of the row (on every shard) that exist."""
     smooth = smoothing * (support / jnp.maximum(count, 1)[..., None].astype(dtype))
     return smooth if class_weights is None else smooth * class_weights
 
 
-def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
+def _sharded_integer_ce_bwd(
+    smoothing: float, axis_name: AxisName, residuals: _ShardedCEResiduals, g: jax.Array
+) -> tuple[jax.Array, None, jax.Array | None, None]:
     r""":math:`\partial\ell/\partial x_c = p_c (\alpha + \epsilon \sum_k w_k u_k) -
     \alpha [c = y] - \epsilon w_c u_c` on this shard's classes (:math:`p` rebuilt from
     the global :math:`\mathrm{lse}`, no collective); :math:`\partial\ell/\partial w_c
@@ -179,6 +208,7 @@ def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
     p = _softmax.probabilities(masked, m[..., None], log_s[..., None])
     d_logits = _times((g * (alpha if total is None else total))[..., None], p)
     if smoothing:
+        assert count is not None  # kept by the forward pass with smoothing
         smooth = _shard_smoothing(masked > -jnp.inf, count, class_weights, smoothing, dtype)
         d_logits = d_logits - _times(g[..., None], smooth)
     hit = jax.lax.broadcasted_iota(local.dtype, x.shape, x.ndim - 1) == local[..., None]
@@ -189,8 +219,10 @@ def _sharded_integer_ce_bwd(smoothing, axis_name, residuals, g):
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
     d_weights = None
     if class_weights is not None:
+        assert label_half is not None  # kept by the forward pass with class weights
         per_class = jnp.where(hit, _times(g, (1 - smoothing) * label_half)[..., None], 0)
         if smoothing:
+            assert count is not None
             uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
             half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5)
             per_class = per_class + _times(g[..., None], _times(uniform, half))
@@ -294,7 +326,10 @@ def _select(fresh: jax.Array | None, new: jax.Array, old: jax.Array | float) -> 
     return new if fresh is None else jnp.where(fresh, new, old)
 
 
-def _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision):
+def _chunk_logits(
+    hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, begin: jax.Array,
+    fresh: jax.Array | None, chunk: int, dtype: jnp.dtype, precision: _validate.Precision,
+) -> tuple[jax.Array, jax.Array]:
     """:math:`x = H W_{:,k} + b_k` for the chunk's columns :math:`k`, accumulated in
     ``dtype`` (float32 for bf16 inputs); ``-inf`` on the columns that are not new."""
     w = jax.lax.dynamic_slice_in_dim(weight, begin, chunk, axis=1)
@@ -304,7 +339,11 @@ def _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision):
     return _select(fresh, x, -jnp.inf), w
 
 
-def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name, precision):
+def _forward(
+    hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
+    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
+    precision: _validate.Precision,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """One scan over the chunks: the online log-sum-exp, the label's logit and, with
     smoothing, the count and mean of the logits that exist (finite) in each row.
 
@@ -317,7 +356,9 @@ def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name, p
     rows = hidden.shape[0]
     local, total_vocab, in_range = _shard_labels(labels, vocab, axis_name)
 
-    def step(carry, start):
+    def step(carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
+             start: jax.Array,
+             ) -> tuple[tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], None]:
         m, s, x_label, x_sum, count = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
         x, _ = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
@@ -358,14 +399,27 @@ def _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name, p
     return loss, m, log_s, count
 
 
+# The inputs, the normalizer (m, log s) per row and, with smoothing, the count of
+# classes per row whose logit is finite.
+_LinearCEResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array,
+                           jax.Array, jax.Array | None]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name, precision):
+def _linear_ce(
+    hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
+    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
+    precision: _validate.Precision,
+) -> jax.Array:
     return _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
                     precision)[0]
 
 
-def _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
-                   precision):
+def _linear_ce_fwd(
+    hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
+    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
+    precision: _validate.Precision,
+) -> tuple[jax.Array, _LinearCEResiduals]:
     r""":math:`\ell_n = \sum_c q_{nc}(\mathrm{lse}(x_n) - x_{nc})`, NaN for a label
     outside ``[0, V)``. Residuals: the inputs, the normalizer :math:`(m, \log s)` per
     row and, with
@@ -376,7 +430,10 @@ def _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_n
     return loss, (hidden, weight, bias, labels, m, log_s, count if smoothing else None)
 
 
-def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
+def _linear_ce_bwd(
+    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
+    precision: _validate.Precision, residuals: _LinearCEResiduals, g: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, None]:
     r"""Per chunk :math:`k` of columns, with :math:`G = g\,(P - Q)` on those columns
     (:math:`P` the softmax rebuilt from the normalizer, :math:`Q` the target; the
     recomputed logits may differ from the forward pass's in their last bits, and
@@ -399,10 +456,12 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
     hidden_kept = jnp.where((g != 0)[:, None], hidden, 0)
     total = None
     if smoothing:
+        assert count is not None  # kept by the forward pass with smoothing
         uniform = smoothing / jnp.maximum(count, 1).astype(dtype)
         total = (1 - smoothing) + jnp.where(count > 0, smoothing, 0)
 
-    def step(carry, start):
+    def step(carry: tuple[jax.Array, jax.Array, jax.Array | None], start: jax.Array
+             ) -> tuple[tuple[jax.Array, jax.Array, jax.Array | None], None]:
         d_hidden, d_weight, d_bias = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
         x, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
@@ -410,6 +469,7 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
         columns = begin + jnp.arange(chunk, dtype=begin.dtype)
         onehot = _select(fresh, local[:, None] == columns, False).astype(dtype)
         if smoothing:
+            assert total is not None
             target = (1 - smoothing) * onehot + jnp.where(x > -jnp.inf, uniform[:, None], 0)
             grad = p * total[:, None] - target
         else:
@@ -425,6 +485,7 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
         d_weight = jax.lax.dynamic_update_slice_in_dim(
             d_weight, _select(fresh, d_w.astype(d_weight.dtype), old), begin, axis=1)
         if d_bias is not None:
+            assert d_b is not None
             old = jax.lax.dynamic_slice_in_dim(d_bias, begin, chunk)
             d_bias = jax.lax.dynamic_update_slice_in_dim(
                 d_bias, _select(fresh, d_b.astype(d_bias.dtype), old), begin, axis=0)
@@ -434,16 +495,19 @@ def _linear_ce_bwd(vocab, chunk, smoothing, axis_name, precision, residuals, g):
             None if bias is None else jnp.zeros(bias.shape, bias.dtype))
     init = _vary_together(init, hidden, weight, bias, labels, g, log_s)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
-    (d_hidden, d_weight, d_bias), _ = jax.lax.scan(step, init, starts)
+    (d_hidden, d_weight, d_bias), _outputs = jax.lax.scan(step, init, starts)
     return d_hidden.astype(hidden.dtype), d_weight, d_bias, None
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
-def _check_linear_ce(hidden, weight, labels, *, bias=None, chunk_size=None,
-                     ignore_index=None, label_smoothing=0.0, where=None, reduction="none",
-                     axis_name=None, precision=None):
+def _check_linear_ce(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+                     bias: ArrayLike | None = None, chunk_size: int | None = None,
+                     ignore_index: int | None = None, label_smoothing: float = 0.0,
+                     where: ArrayLike | None = None, reduction: Reduction = "none",
+                     axis_name: AxisName | None = None,
+                     precision: _validate.Precision = None) -> None:
     vocab = jnp.shape(weight)[-1]
     if axis_name is not None:
         vocab *= axis_size(axis_name)
@@ -593,6 +657,16 @@ def linear_softmax_cross_entropy(
     Returns:
       One loss per row (``labels.shape``) for ``"none"``, in
       ``promote_types(hidden.dtype, weight.dtype, float32)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> weight = jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.0]])  # logits = weight's rows
+      >>> loss = jaxloss.linear_softmax_cross_entropy(hidden, weight, jnp.array([0, 1]),
+      ...                                             chunk_size=2)
+      >>> [round(v, 4) for v in loss.tolist()]
+      [0.417, 0.1967]
 
     References:
       Shoeybi et al., `Megatron-LM: Training Multi-Billion Parameter Language Models

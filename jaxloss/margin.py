@@ -12,6 +12,8 @@ subgradient). No custom_vjp. Values are optax's, or PyTorch's, for every finite 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -51,7 +53,10 @@ def _scalar(name: str, x: ArrayLike) -> jax.Array:
     return x
 
 
-def _binary(predictor_outputs, targets, where, reduction, *, same_shape: bool):
+def _binary(
+    predictor_outputs: ArrayLike, targets: ArrayLike, where: ArrayLike | None,
+    reduction: object, *, same_shape: bool,
+) -> tuple[jax.Array, jax.Array | None, Reduction]:
     reduction = _validate.reduction(reduction)
     outputs = _validate.floating("predictor_outputs", predictor_outputs)
     targets = _validate.numeric("targets", targets)
@@ -130,7 +135,9 @@ def perceptron_loss(
     return weighted_reduce(_relu(-margins), reduction, where=where, denominator=None)
 
 
-def _multiclass(scores, labels, where, reduction):
+def _multiclass(
+    scores: ArrayLike, labels: ArrayLike, where: ArrayLike | None, reduction: object
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None, Reduction]:
     reduction = _validate.reduction(reduction)
     scores = _validate.floating("scores", scores)
     labels = _validate.integer("labels", labels)
@@ -224,7 +231,11 @@ def _hinge(z: jax.Array) -> jax.Array:
     return jnp.where((z > 0) | jnp.isnan(z), z, 0)
 
 
-def _scores_and_rows(scores, labels, labels_name, labels_shape, what, where):
+def _scores_and_rows(
+    scores: ArrayLike, labels: ArrayLike, labels_name: str,
+    labels_shape: Callable[[tuple[int, ...]], tuple[int, ...]], what: str,
+    where: ArrayLike | None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, tuple[int, ...]]:
     """The validated scores (rows outside ``where`` zeroed), labels and row mask."""
     scores = _validate.floating("scores", scores)
     labels = _validate.integer(labels_name, labels)
@@ -238,7 +249,7 @@ def _scores_and_rows(scores, labels, labels_name, labels_shape, what, where):
     return scores, labels, where, batch
 
 
-def _check_multi_margin(scores, labels, **_):
+def _check_multi_margin(scores: ArrayLike, labels: ArrayLike, **_: object) -> None:
     check_labels("labels", labels, jnp.shape(scores)[-1], None)
 
 
@@ -422,7 +433,8 @@ def margin_ranking_loss(
     :math:`x_1 > x_2 + m`, :math:`y = -1` for :math:`x_2 > x_1 + m`.
 
     Args:
-      input1, input2: the scores to rank, any floating shape, broadcastable together.
+      input1: the first scores to rank, any floating shape.
+      input2: the second scores, broadcastable with ``input1``.
       targets: :math:`y \in \{-1, 1\}`, broadcastable with the inputs.
       margin: :math:`m` (PyTorch puts no bound on it).
       where: boolean mask of the elements to include (broadcastable to the result).

@@ -85,6 +85,12 @@ def squared_error(
     Returns:
       The squared errors, in ``promote_types(predictions.dtype, float32)``.
 
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> jaxloss.squared_error(jnp.array([4.0, 5.0]), jnp.array([3.0, 3.0])).tolist()
+      [1.0, 4.0]
+
     References:
       Hastie, Tibshirani and Friedman, `The Elements of Statistical Learning
       <https://hastie.su.domains/ElemStatLearn/>`_, section 2.4, Springer 2009.
@@ -180,6 +186,14 @@ def mean_squared_error(
 
     Returns:
       A scalar, or the means over ``axis``; 0 (zero gradient) when nothing is selected.
+
+    Examples:
+      The tutorial's worked example, errors 1 and 2:
+
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> float(jaxloss.mean_squared_error(jnp.array([4.0, 5.0]), jnp.array([3.0, 3.0])))
+      2.5
 
     References:
       Hastie, Tibshirani and Friedman, `The Elements of Statistical Learning
@@ -303,8 +317,9 @@ def smooth_l1_loss(
     return _finish(losses, reduction, where)
 
 
-def _check_poisson(input, targets, *, log_input=True, full=False, eps=1e-8, where=None,
-                   reduction="none"):
+def _check_poisson(input: ArrayLike, targets: ArrayLike, *, log_input: bool = True,
+                   full: bool = False, eps: float = 1e-8, where: ArrayLike | None = None,
+                   reduction: Reduction = "none") -> None:
     check_in_range("targets", targets, 0, None)
     if not log_input:
         check_in_range("input", input, 0, None)
@@ -401,7 +416,9 @@ def _clamp_below(x: jax.Array, low: jax.Array) -> jax.Array:
 
 
 @_clamp_below.defjvp
-def _clamp_below_jvp(primals, tangents):
+def _clamp_below_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
     x, low = primals
     return jnp.maximum(x, low), tangents[0]
 
@@ -415,7 +432,9 @@ def _ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
 
 
 @_ratio.defjvp
-def _ratio_jvp(primals, tangents):
+def _ratio_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
     numerator, denominator = primals
     d_numerator, d_denominator = tangents
     out = numerator / denominator
@@ -442,8 +461,9 @@ def _variance(variance: ArrayLike, shape: tuple[int, ...]) -> jax.Array:
         f"scalar; got {_validate.describe(variance)}")
 
 
-def _check_gaussian(predictions, targets, variance, *, full=False, eps=1e-6, where=None,
-                    reduction="none"):
+def _check_gaussian(predictions: ArrayLike, targets: ArrayLike, variance: ArrayLike, *,
+                    full: bool = False, eps: float = 1e-6, where: ArrayLike | None = None,
+                    reduction: Reduction = "none") -> None:
     check_in_range("variance", variance, 0, None)
 
 

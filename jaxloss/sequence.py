@@ -36,7 +36,10 @@ __all__ = [
 # Inputs.
 
 
-def _inputs(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon):
+def _inputs(
+    logits: ArrayLike, logit_paddings: ArrayLike, labels: ArrayLike,
+    label_paddings: ArrayLike, blank_id: object, log_epsilon: ArrayLike,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, int, jax.Array]:
     """Checks shapes and dtypes (at trace time, naming the argument)."""
     logits = _validate.floating("logits", logits)
     if logits.ndim != 3:
@@ -53,7 +56,7 @@ def _inputs(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilo
     _validate.same_shape("label_paddings", label_paddings, labels.shape, "that of labels")
     if isinstance(blank_id, bool) or not isinstance(blank_id, numbers.Integral):
         raise TypeError(f"blank_id must be an int, got {blank_id!r}")
-    if not 0 <= blank_id < k:
+    if not 0 <= int(blank_id) < k:
         raise ValueError(f"blank_id must be in [0, {k}) (the classes of logits), "
                          f"got {blank_id}")
     _check_log_epsilon("log_epsilon", log_epsilon)
@@ -63,13 +66,13 @@ def _inputs(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilo
     return logits, logit_paddings, labels, label_paddings, int(blank_id), log_epsilon
 
 
-def _extended(labels, blank_id):
+def _extended(labels: jax.Array, blank_id: int) -> jax.Array:
     """The extended sequence: blank, label 1, blank, ..., label N, blank (``[B, 2N + 1]``)."""
     b, n = labels.shape
     return jnp.full((b, 2 * n + 1), blank_id, labels.dtype).at[:, 1::2].set(labels)
 
 
-def _emissions(logp, ext):
+def _emissions(logp: jax.Array, ext: jax.Array) -> jax.Array:
     """The log-probability of each state at each frame, ``[T, B, 2N + 1]``. An
     out-of-range label emits with probability 1 (its one-hot row is 0 in optax)."""
     b, t, k = logp.shape
@@ -79,7 +82,9 @@ def _emissions(logp, ext):
     return jnp.transpose(lp, (1, 0, 2))
 
 
-def _lattice(ext, label_paddings, log_epsilon, dtype):
+def _lattice(
+    ext: jax.Array, label_paddings: jax.Array, log_epsilon: jax.Array, dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The log-weights of optax's transitions into each state from the one before
     (``w1``: blank -> label 0; label -> blank :math:`\\log(1 + \\epsilon)`, as optax adds
     that move twice, once times :math:`\\epsilon`) and from two before (``w2``: label ->
@@ -104,23 +109,23 @@ def _lattice(ext, label_paddings, log_epsilon, dtype):
 # The recursion, over the 2N + 1 states of the extended sequence.
 
 
-def _shift(x, k):
+def _shift(x: jax.Array, k: int) -> jax.Array:
     """``x[:, s - k]`` (``-inf`` before the first state)."""
     return jnp.concatenate([jnp.full((x.shape[0], k), -jnp.inf, x.dtype), x[:, :-k]], axis=1)
 
 
-def _unshift(x, k):
+def _unshift(x: jax.Array, k: int) -> jax.Array:
     """``x[:, s + k]`` (``-inf`` after the last state)."""
     return jnp.concatenate([x[:, k:], jnp.full((x.shape[0], k), -jnp.inf, x.dtype)], axis=1)
 
 
-def _unshift3(x, k):
+def _unshift3(x: jax.Array, k: int) -> jax.Array:
     """``x[:, :, s + k]`` (``-inf`` after the last state)."""
     fill = jnp.full(x.shape[:2] + (k,), -jnp.inf, x.dtype)
     return jnp.concatenate([x[:, :, k:], fill], axis=2)
 
 
-def _lse3(x, y, z):
+def _lse3(x: jax.Array, y: jax.Array, z: jax.Array) -> jax.Array:
     """log-sum-exp of three arrays, with a finite value and gradient (0) where all are
     ``-inf``, so that the backward pass's own derivative has no NaN either."""
     m = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(x, y), z))
@@ -130,34 +135,38 @@ def _lse3(x, y, z):
     return jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1, total)))
 
 
-def _row_max(x):
+def _row_max(x: jax.Array) -> jax.Array:
     return jax.lax.stop_gradient(_frame_max(x))
 
 
-def _frame_max(x):
+def _frame_max(x: jax.Array) -> jax.Array:
     top = jnp.max(x, axis=-1, keepdims=True)
     return jnp.where(jnp.isfinite(top), top, 0)
 
 
-def _init(b, s, eps, dtype):
+def _init(b: int, s: int, eps: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return jnp.full((b, s), eps, dtype).at[:, 0].set(0)
 
 
-def _final(alpha, lengths):
+def _final(alpha: jax.Array, lengths: jax.Array) -> jax.Array:
     """:math:`\\log p`: the blank after the last label, or the last label itself."""
     rows = jnp.arange(alpha.shape[0])
     last_label = jnp.where(lengths > 0, alpha[rows, jnp.maximum(2 * lengths - 1, 0)], -jnp.inf)
     return jnp.logaddexp(alpha[rows, 2 * lengths], last_label)
 
 
-def _forward(lp, pad, w1, w2, eps, *, scaled):
+def _forward(
+    lp: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array, eps: jax.Array, *,
+    scaled: bool,
+) -> tuple[jax.Array, jax.Array]:
     """The forward variables of every frame, ``[T, B, 2N + 1]``, and the sum of the
     shifts. ``scaled``: each frame's variables are shifted by their maximum (the shifts
     summed apart), so that they stay near 0 and float32 keeps their differences, which
     the posteriors need, to full relative precision over hundreds of frames."""
     _, b, s = lp.shape
 
-    def step(carry, x):
+    def step(carry: tuple[jax.Array, jax.Array], x: tuple[jax.Array, jax.Array]
+             ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         alpha, scale = carry
         lp_t, pad_t = x
         new = lp_t + _lse3(alpha, _shift(alpha, 1) + w1, _shift(alpha, 2) + w2)
@@ -172,26 +181,46 @@ def _forward(lp, pad, w1, w2, eps, *, scaled):
     return alphas, scale
 
 
-def _log_p(logp, ext, pad, w1, w2, lengths, eps):
+def _log_p(
+    logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
+    lengths: jax.Array, eps: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
     lp = _emissions(logp, ext)
     alphas, scale = _forward(lp, pad, w1, w2, eps, scaled=True)
     last = alphas[-1] if alphas.shape[0] else _init(lp.shape[1], lp.shape[2], eps, lp.dtype)
     return scale + _final(last, lengths), alphas
 
 
+# The arguments of _ctc: log-probabilities, extended labels, frame padding, the
+# lattice's two transition weights, label lengths and log epsilon.
+_CTCInputs = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array,
+                   jax.Array]
+# Those and the forward variables.
+_CTCResiduals = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array,
+                      jax.Array, jax.Array]
+
+
 @jax.custom_vjp
-def _ctc(logp, ext, pad, w1, w2, lengths, eps):
+def _ctc(
+    logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
+    lengths: jax.Array, eps: jax.Array,
+) -> jax.Array:
     return -_log_p(logp, ext, pad, w1, w2, lengths, eps)[0]
 
 
-def _ctc_fwd(logp, ext, pad, w1, w2, lengths, eps):
+def _ctc_fwd(
+    logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
+    lengths: jax.Array, eps: jax.Array,
+) -> tuple[jax.Array, _CTCResiduals]:
     # Residuals: the log-probabilities (log_softmax keeps them anyway) and the forward
     # variables; the emissions are gathered again.
     log_p, alphas = _log_p(logp, ext, pad, w1, w2, lengths, eps)
     return -log_p, (logp, ext, pad, w1, w2, lengths, eps, alphas)
 
 
-def _ctc_bwd(res, g):
+def _ctc_bwd(
+    res: _CTCResiduals, g: jax.Array
+) -> tuple[jax.Array, None, None, jax.Array, jax.Array, None, jax.Array]:
     r"""With :math:`\beta_t(s)` the log-probability of the frames after :math:`t` given
     state :math:`s` at :math:`t` (the reverse recursion on the same lattice, shifted per
     frame like the forward one), the posterior of state :math:`s` at frame :math:`t` is
@@ -212,7 +241,8 @@ def _ctc_bwd(res, g):
     lp1 = _unshift3(lp, 1) + _unshift(jnp.broadcast_to(w1, beta.shape), 1)
     lp2 = _unshift3(lp, 2) + _unshift(w2, 2)
 
-    def step(beta, x):
+    def step(beta: jax.Array, x: tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+             ) -> tuple[jax.Array, jax.Array]:
         lp_t, lp1_t, lp2_t, pad_t = x
         prev = _lse3(beta + lp_t, _unshift(beta, 1) + lp1_t, _unshift(beta, 2) + lp2_t)
         return jnp.where(pad_t[:, None], beta, prev - _row_max(prev)), beta
@@ -241,7 +271,11 @@ def _ctc_bwd(res, g):
 _ctc.defvjp(_ctc_fwd, _ctc_bwd)
 
 
-def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon, where):
+def _prepare(
+    logits: ArrayLike, logit_paddings: ArrayLike, labels: ArrayLike,
+    label_paddings: ArrayLike, blank_id: object, log_epsilon: ArrayLike,
+    where: jax.Array | None,
+) -> tuple[_CTCInputs, jax.Array]:
     logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon = _inputs(
         logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
     dtype = _validate.compute_dtype(logits.dtype)
@@ -261,7 +295,7 @@ def _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsil
 # Public losses.
 
 
-def _check_log_epsilon(name, value):
+def _check_log_epsilon(name: str, value: object) -> None:
     """A known ``log_epsilon`` must be <= 0 (checked before the jit; a traced one is
     taken as given)."""
     known = _validate.concrete_scalar(value)
@@ -340,6 +374,18 @@ def ctc_loss(
 
     Returns:
       ``[B]`` (or a scalar when reduced), in ``promote_types(logits.dtype, float32)``.
+
+    Examples:
+      Uniform scores over three classes (the blank is 0) and the two-label target
+      ``[1, 2]`` in three frames:
+
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> logits = jnp.zeros((1, 3, 3))
+      >>> loss = jaxloss.ctc_loss(logits, jnp.zeros((1, 3)), jnp.array([[1, 2]]),
+      ...                         jnp.zeros((1, 2)))
+      >>> [round(v, 4) for v in loss.tolist()]  # -log(5 / 27): five alignments
+      [1.6864]
 
     References:
       Graves et al., `Connectionist temporal classification: labelling unsegmented

@@ -119,7 +119,10 @@ def _unit(x: jax.Array, epsilon: jax.Array, reduced: tuple[int, ...], *,
     return safe_divide(scaled, jnp.maximum(norm, floor))
 
 
-def _cosine(predictions, targets, epsilon, axis, where):
+def _cosine(
+    predictions: ArrayLike, targets: ArrayLike, epsilon: ArrayLike, axis: Axis,
+    where: ArrayLike | None,
+) -> tuple[jax.Array, jax.Array | None, tuple[int, ...]]:
     """The similarities of each pair, the broadcast mask and the reduced axes."""
     _validate.non_negative("epsilon", epsilon)
     a = _validate.floating("predictions", predictions)
@@ -263,8 +266,8 @@ def cosine_embedding_loss(
     squared norms overflows above about 1e19.
 
     Args:
-      input1, input2: the embeddings, ``[..., dim]``, broadcastable together; the
-        cosine is over the last axis.
+      input1: the first embeddings, ``[..., dim]``; the cosine is over the last axis.
+      input2: the second embeddings, broadcastable with ``input1``.
       targets: :math:`y \in \{-1, 1\}`, broadcastable to the batch shape ``[...]``
         (gradient 0).
       margin: :math:`m` (PyTorch suggests :math:`[0, 0.5]` and checks nothing).

@@ -112,8 +112,11 @@ def _assert_within(got: Any, want: Any, bound: Any, what: str) -> None:
                              f"({detail})")
 
 
-def _compare_with_reference(loss, reference, args, kwargs, argnums, diff_kwargs, rtol, atol,
-                            seed) -> float:
+def _compare_with_reference(
+    loss: Loss, reference: Loss, args: Sequence[Any], kwargs: dict[str, Any],
+    argnums: int | Sequence[int], diff_kwargs: Sequence[str], rtol: float, atol: float,
+    seed: int,
+) -> float:
     names = _arg_names(loss, argnums, diff_kwargs)
     with jax.enable_x64(True):
         args64 = tuple(_to_float64(a) for a in args)
@@ -161,8 +164,10 @@ def assert_vjp_matches_reference(
                                    atol, seed)
 
 
-def _finite_differences(loss, args, kwargs, argnums, diff_kwargs, order, eps, atol,
-                        rtol) -> None:
+def _finite_differences(
+    loss: Loss, args: Sequence[Any], kwargs: dict[str, Any], argnums: int | Sequence[int],
+    diff_kwargs: Sequence[str], order: int, eps: float, atol: float, rtol: float,
+) -> None:
     with jax.enable_x64(True):
         args64 = tuple(_to_float64(a) for a in args)
         kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
@@ -242,8 +247,11 @@ def _canonical(x: Any) -> Any:
     return jnp.asarray(x) if isinstance(x, np.ndarray | np.generic | jax.Array) else x
 
 
-def _compare_at_extreme(loss, reference, args, kwargs, argnums, diff_kwargs, expected, rtol,
-                        seed) -> None:
+def _compare_at_extreme(
+    loss: Loss, reference: Loss, args: Sequence[Any], kwargs: dict[str, Any],
+    argnums: int | Sequence[int], diff_kwargs: Sequence[str],
+    expected: tuple[Any, Sequence[Any]] | None, rtol: float | None, seed: int,
+) -> None:
     names = _arg_names(loss, argnums, diff_kwargs)
     args = tuple(_canonical(a) for a in args)
     kwargs = {k: _canonical(v) for k, v in kwargs.items()}
@@ -386,9 +394,12 @@ def run_case(case: CheckCase) -> CheckResult:
         case.loss, case.args, case.kwargs, *diff, order=order, eps=1e-6, atol=1e-5,
         rtol=1e-5))
     extremes = [e if isinstance(e, Extreme) else Extreme(tuple(e)) for e in case.extremes]
-    at_extremes = [attempt(f"extreme {i}", lambda e=e: _compare_at_extreme(
-        case.loss, case.reference, e.args, {**case.kwargs, **e.kwargs}, *diff,
-        expected=e.expected, rtol=None, seed=0)) for i, e in enumerate(extremes)]
+    def at_extreme(e: Extreme) -> Callable[[], None]:
+        return lambda: _compare_at_extreme(
+            case.loss, case.reference, e.args, {**case.kwargs, **e.kwargs}, *diff,
+            expected=e.expected, rtol=None, seed=0)
+
+    at_extremes = [attempt(f"extreme {i}", at_extreme(e)) for i, e in enumerate(extremes)]
     return CheckResult(case.name, case.custom_vjp, rel[-1], reference, fd, all(at_extremes),
                        case.differentiates, "; ".join(errors))
 
@@ -406,7 +417,10 @@ def run_checks(cases: Sequence[CheckCase] | None = None) -> list[CheckResult]:
 # a norm at 0). None of them calls jaxloss.
 
 
-def _reduce(losses, reduction="none", where=None, weights=None, axis=None):
+def _reduce(
+    losses: jax.Array, reduction: str = "none", where: jax.Array | None = None,
+    weights: jax.Array | None = None, axis: int | tuple[int, ...] | None = None,
+) -> jax.Array:
     """``"none"``/``"sum"``/``"mean"`` of ``losses`` over the entries ``where`` selects;
     ``"mean"`` divides by the sum of ``weights`` there (PyTorch's weighted mean)."""
     if where is not None:
@@ -422,23 +436,23 @@ def _reduce(losses, reduction="none", where=None, weights=None, axis=None):
     return jnp.sum(losses, axis=axis) / jnp.sum(w, axis=axis)
 
 
-def _softplus(x):
+def _softplus(x: jax.Array) -> jax.Array:
     return jnp.logaddexp(x, 0.0)
 
 
-def _abs0(x):
+def _abs0(x: jax.Array) -> jax.Array:
     """``|x|`` with the subgradient 0 at 0."""
     return x * jnp.sign(x)
 
 
-def _norm(x):
+def _norm(x: jax.Array) -> jax.Array:
     """The 2-norm over the last axis, with the subgradient 0 at 0."""
     squares = jnp.sum(x * x, axis=-1)
     zero = squares == 0
     return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, squares)))
 
 
-def _nll(x, valid=None):
+def _nll(x: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """``-log softmax(x)`` over the last axis as ``(m - x) + log s``; 0, with a zero
     gradient, on the classes that do not exist (logit ``-inf``, or not ``valid``)."""
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
@@ -451,43 +465,63 @@ def _nll(x, valid=None):
     return jnp.where(exists, (m - safe) + log_s, 0), exists
 
 
-def _class_mask(where, x):
+def _class_mask(where: jax.Array | None, x: jax.Array) -> jax.Array | None:
     """optax's ``where``: a mask of classes (``x.shape``) or of rows (the batch shape)."""
     if where is None:
         return None
     return jnp.broadcast_to(where if where.ndim == x.ndim else where[..., None], x.shape)
 
 
-def _ref_squared(p, t, *, where=None, reduction="none", **_):
+def _ref_squared(
+    p: jax.Array, t: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     return _reduce((p - t) ** 2, reduction, where)
 
 
-def _ref_l2(p, t, *, where=None, reduction="none", **_):
+def _ref_l2(
+    p: jax.Array, t: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     return _reduce(0.5 * (p - t) ** 2, reduction, where)
 
 
-def _ref_huber(p, t, *, delta=1.0, where=None, reduction="none", **_):
+def _ref_huber(
+    p: jax.Array, t: jax.Array, *, delta: float = 1.0, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     e = jnp.abs(p - t)
     return _reduce(jnp.where(e <= delta, 0.5 * e**2, delta * (e - 0.5 * delta)), reduction,
                    where)
 
 
-def _ref_mse(p, t, *, axis=None, where=None, **_):
+def _ref_mse(
+    p: jax.Array, t: jax.Array, *, axis: int | tuple[int, ...] | None = None,
+    where: jax.Array | None = None, **_: object,
+) -> jax.Array:
     return _reduce((p - t) ** 2, "mean", where, axis=axis)
 
 
-def _ref_mae(p, t, *, axis=None, where=None, **_):
+def _ref_mae(
+    p: jax.Array, t: jax.Array, *, axis: int | tuple[int, ...] | None = None,
+    where: jax.Array | None = None, **_: object,
+) -> jax.Array:
     return _reduce(_abs0(p - t), "mean", where, axis=axis)
 
 
-def _ref_sigmoid_bce(x, y, *, pos_weight=1.0, label_smoothing=0.0, where=None,
-                     reduction="none", **_):
+def _ref_sigmoid_bce(
+    x: jax.Array, y: jax.Array, *, pos_weight: float = 1.0, label_smoothing: float = 0.0,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     y = y * (1 - label_smoothing) + 0.5 * label_smoothing
     losses = pos_weight * y * _softplus(-x) + (1 - y) * _softplus(x)
     return _reduce(losses, reduction, where)
 
 
-def _ref_bce(p, y, *, where=None, reduction="none", **_):
+def _ref_bce(
+    p: jax.Array, y: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     """PyTorch's BCELoss: each log clamped at -100 (its gradient rule differs from this
     formula's derivative only where ``p (1 - p) < 1e-12``: see :func:`_bce_limits`)."""
     losses = -(y * jnp.maximum(jnp.log(p), -100) + (1 - y) * jnp.maximum(jnp.log1p(-p), -100))
@@ -505,7 +539,10 @@ def _bce_limits(p: np.ndarray, y: np.ndarray) -> tuple[Any, tuple[Any, Any]]:
     return -(y * log_p + (1 - y) * log_not_p), (d_p, log_not_p - log_p)
 
 
-def _ref_softmax_ce(x, y, *, where=None, label_smoothing=0.0, reduction="none", **_):
+def _ref_softmax_ce(
+    x: jax.Array, y: jax.Array, *, where: jax.Array | None = None, label_smoothing: float = 0.0,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     valid = _class_mask(where, x)
     nll, exists = _nll(x, valid)
     uniform = exists / jnp.maximum(jnp.sum(exists, axis=-1, keepdims=True), 1)
@@ -514,8 +551,11 @@ def _ref_softmax_ce(x, y, *, where=None, label_smoothing=0.0, reduction="none", 
     return _reduce(jnp.sum(q * nll, axis=-1), reduction, rows)
 
 
-def _ref_integer_ce(x, labels, *, where=None, ignore_index=None, label_smoothing=0.0,
-                    class_weights=None, reduction="none", **_):
+def _ref_integer_ce(
+    x: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,
+    ignore_index: int | None = None, label_smoothing: float = 0.0,
+    class_weights: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     """PyTorch's CrossEntropyLoss; ``where`` is a mask of rows."""
     keep = where
     if ignore_index is not None:
@@ -531,7 +571,10 @@ def _ref_integer_ce(x, labels, *, where=None, ignore_index=None, label_smoothing
     return _reduce(jnp.sum(w * q * nll, axis=-1), reduction, keep, w[labels])
 
 
-def _ref_categorical_ce(p, y, *, where=None, reduction="none", **_):
+def _ref_categorical_ce(
+    p: jax.Array, y: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     """Keras: renormalized, clipped to [1e-7, 1 - 1e-7]; ``where`` drops classes first."""
     rows = None
     valid = _class_mask(where, p)
@@ -544,7 +587,9 @@ def _ref_categorical_ce(p, y, *, where=None, reduction="none", **_):
     return _reduce(-jnp.sum(y * jnp.log(ratio), axis=-1), reduction, rows)
 
 
-def _ref_distance(a, b, *, metric="euclidean", **_):
+def _ref_distance(
+    a: jax.Array, b: jax.Array, *, metric: str = "euclidean", **_: object,
+) -> jax.Array:
     if metric == "euclidean":
         return _norm(a - b)
     if metric == "squared_euclidean":
@@ -554,18 +599,25 @@ def _ref_distance(a, b, *, metric="euclidean", **_):
     return 1 - jnp.where(zero, 0, jnp.sum(a * b, axis=-1) / jnp.where(zero, 1, norms))
 
 
-def _ref_contrastive_from_distance(d, y, *, margin=1.0, where=None, reduction="none", **_):
+def _ref_contrastive_from_distance(
+    d: jax.Array, y: jax.Array, *, margin: float = 1.0, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     hinge = jnp.maximum(margin - d, 0)
     return _reduce(0.5 * (y * d**2 + (1 - y) * hinge**2), reduction, where)
 
 
-def _ref_contrastive(a, b, y, *, metric="euclidean", **kwargs):
+def _ref_contrastive(
+    a: jax.Array, b: jax.Array, y: jax.Array, *, metric: str = "euclidean", **kwargs: Any,
+) -> jax.Array:
     return _ref_contrastive_from_distance(_ref_distance(a, b, metric=metric), y, **kwargs)
 
 
-def _ref_triplet(a, p, n, *, margin=1.0, norm_degree=2, eps=1e-6, swap=False,
-                 reduction="none", **_):
-    def dist(x, y):
+def _ref_triplet(
+    a: jax.Array, p: jax.Array, n: jax.Array, *, margin: float = 1.0, norm_degree: int = 2,
+    eps: float = 1e-6, swap: bool = False, reduction: str = "none", **_: object,
+) -> jax.Array:
+    def dist(x: jax.Array, y: jax.Array) -> jax.Array:
         z = x - y + eps
         return _norm(z) if norm_degree == 2 else jnp.sum(_abs0(z), axis=-1)
 
@@ -576,7 +628,7 @@ def _ref_triplet(a, p, n, *, margin=1.0, norm_degree=2, eps=1e-6, swap=False,
     return _reduce(jnp.where(violation < 0, 0, violation), reduction)
 
 
-def _masked_lse(s, mask):
+def _masked_lse(s: jax.Array, mask: jax.Array) -> jax.Array:
     """Row log-sum-exp over ``mask``, the max subtracted; ``-inf`` for an empty row."""
     m = jax.lax.stop_gradient(jnp.max(jnp.where(mask, s, -jnp.inf), axis=-1, keepdims=True))
     m = jnp.where(jnp.isfinite(m), m, 0)
@@ -585,7 +637,9 @@ def _masked_lse(s, mask):
     return jnp.where(empty, -jnp.inf, m[..., 0] + jnp.log(jnp.where(empty, 1, total)))
 
 
-def _ref_ntxent(e, labels, temperature=0.07, **_):
+def _ref_ntxent(
+    e: jax.Array, labels: jax.Array, temperature: float = 0.07, **_: object,
+) -> jax.Array:
     """optax's NT-Xent: the mean over positive pairs of ``-log(e^s / (e^s + negatives))``."""
     unit = e / _norm(e)[:, None]
     s = jnp.matmul(unit, unit.T, precision="highest") / temperature
@@ -596,14 +650,17 @@ def _ref_ntxent(e, labels, temperature=0.07, **_):
     return jnp.sum(jnp.where(positive, per_pair, 0)) / jnp.maximum(count, 1)
 
 
-def _lse_terms(s, diagonal, axis):
+def _lse_terms(s: jax.Array, diagonal: jax.Array, axis: int) -> jax.Array:
     """``lse(s) - diagonal`` along ``axis`` as ``(m - diagonal) + log s``."""
     m = jax.lax.stop_gradient(jnp.max(s, axis=axis, keepdims=True))
     log_s = jnp.log(jnp.sum(jnp.exp(s - m), axis=axis))
     return (jnp.squeeze(m, axis) - diagonal) + log_s
 
 
-def _ref_info_nce(q, k, *, temperature=0.07, symmetric=False, reduction="none", **_):
+def _ref_info_nce(
+    q: jax.Array, k: jax.Array, *, temperature: float = 0.07, symmetric: bool = False,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     s = jnp.matmul(q, k.T, precision="highest") / temperature
     losses = _lse_terms(s, jnp.diagonal(s), 1)
     if symmetric:
@@ -611,24 +668,33 @@ def _ref_info_nce(q, k, *, temperature=0.07, symmetric=False, reduction="none", 
     return _reduce(losses, reduction)
 
 
-def _ref_siglip(x, y, t, b, *, reduction="mean", **_):
+def _ref_siglip(
+    x: jax.Array, y: jax.Array, t: jax.Array, b: jax.Array, *, reduction: str = "mean",
+    **_: object,
+) -> jax.Array:
     z = jnp.matmul(x, y.T, precision="highest") * t + b
     sign = 2 * jnp.eye(len(x)) - 1
     return _reduce(jnp.sum(_softplus(-sign * z), axis=1), reduction)  # -log sigmoid
 
 
-def _ref_linear_ce(h, w, labels, *, bias=None, **kwargs):
+def _ref_linear_ce(
+    h: jax.Array, w: jax.Array, labels: jax.Array, *, bias: jax.Array | None = None,
+    **kwargs: Any,
+) -> jax.Array:
     x = jnp.matmul(h, w, precision="highest")
     return _ref_integer_ce(x if bias is None else x + bias, labels, **kwargs)
 
 
-def _axes_of(axis, ndim):
+def _axes_of(axis: int | tuple[int, ...] | None, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
     return tuple(a % ndim for a in (axis if isinstance(axis, tuple) else (axis,)))
 
 
-def _reduce_rows(terms, axis, where, reduction):
+def _reduce_rows(
+    terms: jax.Array, axis: int | tuple[int, ...] | None, where: jax.Array | None,
+    reduction: str,
+) -> jax.Array:
     """optax's sum over ``axis`` of the selected elements, then ``reduction`` over the
     examples with an element selected."""
     axes = _axes_of(axis, terms.ndim)
@@ -639,40 +705,54 @@ def _reduce_rows(terms, axis, where, reduction):
                    jnp.any(where, axis=axes))
 
 
-def _xlogy_terms(lp, t):
+def _xlogy_terms(lp: jax.Array, t: jax.Array) -> jax.Array:
     """``t (log t - lp)``, 0 (with gradient 0) where ``t = 0``."""
     zero = t == 0
     safe_t = jnp.where(zero, 1, t)
     return jnp.where(zero, 0, safe_t * (jnp.log(safe_t) - jnp.where(zero, 0, lp)))
 
 
-def _ref_kl(lp, t, axis=-1, where=None, *, reduction="none", **_):
+def _ref_kl(
+    lp: jax.Array, t: jax.Array, axis: int | tuple[int, ...] | None = -1,
+    where: jax.Array | None = None, *, reduction: str = "none", **_: object,
+) -> jax.Array:
     return _reduce_rows(_xlogy_terms(lp, t), axis, where, reduction)
 
 
-def _ref_kl_log_targets(lp, lt, axis=-1, where=None, *, reduction="none", **_):
+def _ref_kl_log_targets(
+    lp: jax.Array, lt: jax.Array, axis: int | tuple[int, ...] | None = -1,
+    where: jax.Array | None = None, *, reduction: str = "none", **_: object,
+) -> jax.Array:
     zero = lt == -jnp.inf
     safe_lt = jnp.where(zero, 0, lt)
     terms = jnp.where(zero, 0, jnp.exp(safe_lt) * (safe_lt - jnp.where(zero, 0, lp)))
     return _reduce_rows(terms, axis, where, reduction)
 
 
-def _ref_generalized_kl(lp, t, axis=-1, where=None, *, reduction="none", **_):
+def _ref_generalized_kl(
+    lp: jax.Array, t: jax.Array, axis: int | tuple[int, ...] | None = -1,
+    where: jax.Array | None = None, *, reduction: str = "none", **_: object,
+) -> jax.Array:
     return _reduce_rows(_xlogy_terms(lp, t) + jnp.exp(lp) - t, axis, where, reduction)
 
 
-def _ref_log_cosh(p, t=None, *, where=None, reduction="none", **_):
+def _ref_log_cosh(
+    p: jax.Array, t: jax.Array | None = None, *, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     e = p if t is None else p - t
     return _reduce(jnp.logaddexp(e, -e) - jnp.log(2.0), reduction, where)
 
 
-def _ref_cosine(a, b, *, epsilon=0.0, axis=-1, where=None, reduction="none", distance=False,
-                **_):
+def _ref_cosine(
+    a: jax.Array, b: jax.Array, *, epsilon: float = 0.0, axis: int | tuple[int, ...] | None = -1,
+    where: jax.Array | None = None, reduction: str = "none", distance: bool = False, **_: object,
+) -> jax.Array:
     axes = _axes_of(axis, jnp.broadcast_shapes(a.shape, b.shape).__len__())
     if where is not None:
         a, b = jnp.where(where, a, 0), jnp.where(where, b, 0)
 
-    def unit(x):
+    def unit(x: jax.Array) -> jax.Array:
         squares = jnp.sum(x * x, axis=axes, keepdims=True)
         zero = squares == 0  # a zero vector: similarity 0, gradient 0 (epsilon 0)
         norm = jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, squares)))
@@ -685,31 +765,43 @@ def _ref_cosine(a, b, *, epsilon=0.0, axis=-1, where=None, reduction="none", dis
     return _reduce(1 - s if distance else s, reduction, rows)
 
 
-def _ref_cosine_distance(a, b, **kwargs):
+def _ref_cosine_distance(a: jax.Array, b: jax.Array, **kwargs: Any) -> jax.Array:
     return _ref_cosine(a, b, distance=True, **kwargs)
 
 
-def _ref_hinge(p, t, *, where=None, reduction="none", **_):
+def _ref_hinge(
+    p: jax.Array, t: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     z = 1 - p * t
     return _reduce(jnp.where(z > 0, z, 0), reduction, where)
 
 
-def _ref_perceptron(p, t, *, where=None, reduction="none", **_):
+def _ref_perceptron(
+    p: jax.Array, t: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     z = -p * t
     return _reduce(jnp.where(z > 0, z, 0), reduction, where)
 
 
-def _ref_multiclass_hinge(s, labels, *, where=None, reduction="none", perceptron=False, **_):
+def _ref_multiclass_hinge(
+    s: jax.Array, labels: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    perceptron: bool = False, **_: object,
+) -> jax.Array:
     one_hot = jax.nn.one_hot(labels, s.shape[-1], dtype=s.dtype)
     top = jnp.max(s if perceptron else s + 1 - one_hot, axis=-1)
     return _reduce(top - jnp.sum(s * one_hot, axis=-1), reduction, where)
 
 
-def _ref_multiclass_perceptron(s, labels, **kwargs):
+def _ref_multiclass_perceptron(s: jax.Array, labels: jax.Array, **kwargs: Any) -> jax.Array:
     return _ref_multiclass_hinge(s, labels, perceptron=True, **kwargs)
 
 
-def _ref_focal(x, y, *, alpha=None, gamma=2.0, where=None, reduction="none", **_):
+def _ref_focal(
+    x: jax.Array, y: jax.Array, *, alpha: jax.Array | None = None, gamma: float = 2.0,
+    where: jax.Array | None = None, reduction: str = "none", **_: object,
+) -> jax.Array:
     """The textbook focal loss: alpha_t (1 - p_t)^gamma CE (moderate logits only)."""
     p = jax.nn.sigmoid(x)
     ce = y * _softplus(-x) + (1 - y) * _softplus(x)
@@ -719,7 +811,10 @@ def _ref_focal(x, y, *, alpha=None, gamma=2.0, where=None, reduction="none", **_
     return _reduce(losses, reduction, where)
 
 
-def _ref_poly(x, y, *, epsilon=2.0, where=None, reduction="none", **_):
+def _ref_poly(
+    x: jax.Array, y: jax.Array, *, epsilon: float = 2.0, where: jax.Array | None = None,
+    reduction: str = "none", **_: object,
+) -> jax.Array:
     valid = _class_mask(where, x)
     nll, exists = _nll(x, valid)
     p = jnp.where(exists, jnp.exp(-nll), 0)
@@ -729,7 +824,9 @@ def _ref_poly(x, y, *, epsilon=2.0, where=None, reduction="none", **_):
                    reduction, rows)
 
 
-def _ref_smooth_labels(y, alpha, *, where=None, **_):
+def _ref_smooth_labels(
+    y: jax.Array, alpha: jax.Array, *, where: jax.Array | None = None, **_: object,
+) -> jax.Array:
     if where is None:
         return (1 - alpha) * y + alpha / y.shape[-1]
     count = jnp.sum(jnp.broadcast_to(where, y.shape), axis=-1, keepdims=True)
@@ -740,8 +837,11 @@ def _ref_smooth_labels(y, alpha, *, where=None, **_):
 # The built-in cases.
 
 
-def _ref_dice(x, t, *, class_weights=None, smooth=1.0, alpha=0.5, beta=0.5,
-              apply_softmax=True, reduction="mean", ignore_background=False, axis=None, **_):
+def _ref_dice(
+    x: jax.Array, t: jax.Array, *, class_weights: jax.Array | None = None, smooth: float = 1.0,
+    alpha: float = 0.5, beta: float = 0.5, apply_softmax: bool = True, reduction: str = "mean",
+    ignore_background: bool = False, axis: int | tuple[int, ...] | None = None, **_: object,
+) -> jax.Array:
     """Soft Dice/Tversky per class (optax's), 0 where it is 0/0 (``smooth = 0`` and
     nothing predicted or targeted), as the limit ``smooth -> 0``."""
     if x.ndim == t.ndim - 1:
@@ -770,14 +870,18 @@ def _ref_dice(x, t, *, class_weights=None, smooth=1.0, alpha=0.5, beta=0.5,
     return jnp.sum(loss, axis=-1) / (1 if reduction == "sum" else loss.shape[-1])
 
 
-def _ref_binary_dice(x, t, *, smooth=1.0, apply_sigmoid=True, **_):
+def _ref_binary_dice(
+    x: jax.Array, t: jax.Array, *, smooth: float = 1.0, apply_sigmoid: bool = True, **_: object,
+) -> jax.Array:
     if x.ndim == t.ndim and x.shape[-1] != 1:
         x, t = x[..., None], t[..., None]
     return _ref_dice(x, t, smooth=smooth, apply_softmax=apply_sigmoid)
 
 
-def _ref_generalized_dice(x, t, *, smooth=1.0, apply_softmax=True, ignore_background=False,
-                          **_):
+def _ref_generalized_dice(
+    x: jax.Array, t: jax.Array, *, smooth: float = 1.0, apply_softmax: bool = True,
+    ignore_background: bool = False, **_: object,
+) -> jax.Array:
     f = jnp.sum(t, axis=tuple(range(t.ndim - 1)))
     w = 1 / (f * f + 1e-7)
     w = w * (w.shape[0] / jnp.sum(w))
@@ -786,13 +890,19 @@ def _ref_generalized_dice(x, t, *, smooth=1.0, apply_softmax=True, ignore_backgr
                               ignore_background=ignore_background))
 
 
-def _ref_sparsemax(x, labels, *, where=None, reduction="none", **_):
+def _ref_sparsemax(
+    x: jax.Array, labels: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     z = jnp.where(labels != 0, -x, x)
     return _reduce(jnp.where(z <= -1, 0, jnp.where(z >= 1, z, (z + 1) ** 2 / 4)), reduction,
                    where)
 
 
-def _ref_multiclass_sparsemax(s, labels, *, where=None, reduction="none", **_):
+def _ref_multiclass_sparsemax(
+    s: jax.Array, labels: jax.Array, *, where: jax.Array | None = None, reduction: str = "none",
+    **_: object,
+) -> jax.Array:
     """sparsemax with tau = max_j (sum of the entries >= z_j, less 1) / their count (no
     sort), on the scores less their largest."""
     z = s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
@@ -870,7 +980,7 @@ def builtin_cases(seed: int = 0) -> list[CheckCase]:
     bf16_hidden = jnp.asarray(rng.normal(size=(2, 4)) * 1e18, bf16)
     bf16_weight = jnp.asarray(rng.normal(size=(4, 10)) * 1e18, bf16)
 
-    def smoothed_tie(eps: float):
+    def smoothed_tie(eps: float) -> tuple[np.ndarray, np.ndarray]:
         """The exact limits of smoothed cross-entropy at the tied logits, label 2."""
         q = (1 - eps) * tie_onehot + eps / 3
         return (np.sum(q * tie_nll, axis=-1), q)

@@ -98,7 +98,8 @@ def siamese(
 def _data_parallel_size(mesh: Mesh) -> int:
     if DATA_AXIS not in mesh.axis_names:
         raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis, got axes {mesh.axis_names}")
-    return mesh.shape[DATA_AXIS]
+    size: int = mesh.shape[DATA_AXIS]  # Mesh.shape is annotated Any
+    return size
 
 
 def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
@@ -112,7 +113,8 @@ def shard_batch(batch: Batch, mesh: Mesh) -> dict[str, jax.Array]:
     def place(x: Any) -> jax.Array:
         x = jnp.asarray(x)
         spec = P(DATA_AXIS) if x.ndim and x.shape[0] % size == 0 else P()
-        return jax.device_put(x, NamedSharding(mesh, spec))
+        placed: jax.Array = jax.device_put(x, NamedSharding(mesh, spec))  # annotated Any
+        return placed
 
     return {k: place(v) for k, v in batch.items()}
 
@@ -147,7 +149,7 @@ def make_train_step(loss_fn: LossFn, *, mesh: Mesh | None = None) -> Step:
     """
 
     @nnx.jit
-    def step(model: Any, optimizer: nnx.Optimizer, batch: Batch) -> Metrics:
+    def step(model: Any, optimizer: nnx.Optimizer[Any], batch: Batch) -> Metrics:
         grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
         (loss, metrics), grads = grad_fn(model, batch)
         optimizer.update(model, grads)
@@ -157,7 +159,7 @@ def make_train_step(loss_fn: LossFn, *, mesh: Mesh | None = None) -> Step:
         return step
     _data_parallel_size(mesh)
 
-    def sharded_step(model: Any, optimizer: nnx.Optimizer, batch: Batch) -> Metrics:
+    def sharded_step(model: Any, optimizer: nnx.Optimizer[Any], batch: Batch) -> Metrics:
         replicate(mesh, model, optimizer)
         with jax.set_mesh(mesh):
             return step(model, optimizer, shard_batch(batch, mesh))
@@ -197,7 +199,8 @@ def make_linen_train_step(loss_fn: LossFn) -> Callable[[Any, Batch], tuple[Any, 
     def step(state: Any, batch: Batch) -> tuple[Any, Metrics]:
         def objective(params: Any) -> tuple[jax.Array, Metrics]:
             def model(x: jax.Array) -> jax.Array:
-                return state.apply_fn({"params": params}, x)
+                out: jax.Array = state.apply_fn({"params": params}, x)
+                return out
 
             return loss_fn(model, batch)
 
@@ -223,13 +226,14 @@ def evaluate(eval_step: Step, model: Any, batches: Iterable[Batch]) -> dict[str,
     return {name: total / max(count, 1) for name, total in totals.items()}
 
 
-def _checkpoint_target(model: Any, optimizer: nnx.Optimizer, epoch: int) -> dict[str, Any]:
+def _checkpoint_target(model: Any, optimizer: nnx.Optimizer[Any],
+                       epoch: int) -> dict[str, Any]:
     return {"model": nnx.to_pure_dict(nnx.state(model)),
             "optimizer": nnx.to_pure_dict(nnx.state(optimizer)),
             "epoch": np.asarray(epoch, np.int32)}
 
 
-def _restore(manager: Any, model: Any, optimizer: nnx.Optimizer) -> int:
+def _restore(manager: Any, model: Any, optimizer: nnx.Optimizer[Any]) -> int:
     """Loads the latest checkpoint into model and optimizer; returns the next epoch."""
     import orbax.checkpoint as ocp
 
@@ -247,7 +251,7 @@ def _restore(manager: Any, model: Any, optimizer: nnx.Optimizer) -> int:
 
 def fit(
     model: Any,
-    optimizer: nnx.Optimizer,
+    optimizer: nnx.Optimizer[Any],
     train: Callable[[int, int], Iterable[Batch]],
     *,
     loss_fn: LossFn,
@@ -261,7 +265,8 @@ def fit(
     """Trains for ``epochs``, evaluating after each, optionally checkpointing.
 
     Args:
-      model, optimizer: the NNX model and its ``nnx.Optimizer``, updated in place.
+      model: the NNX model, updated in place.
+      optimizer: its ``nnx.Optimizer``, updated in place.
       train: ``train(epoch, seed)`` yields the epoch's batches (a
         :class:`jaxloss.data.Loader`); the order must depend only on its arguments, so
         that a resumed run repeats an uninterrupted one exactly.
@@ -320,6 +325,7 @@ def fit(
             record = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds,
                       "examples_per_second": seen / max(seconds, 1e-9)}
             if eval_step is not None:
+                assert eval is not None  # eval_step exists only with eval
                 evaluated = evaluate(eval_step, model, eval(epoch, seed))
                 record |= {f"eval_{name}": value for name, value in evaluated.items()}
             history.append(record)

@@ -58,7 +58,29 @@ def pytest_report_header(config):
             f"{jax.devices()}; {cpus} CPU devices for the multi-device tests")
 
 
+# The longest tests (subprocesses, notebooks, training runs), started first: with
+# pytest-xdist's load scheduling a long test collected last would leave the other
+# workers idle at the end of the run.
+LONGEST_FIRST = (
+    "tests/test_distributed.py::test_distributed_tests_on_8_devices",
+    "tests/test_notebooks.py::test_notebook_runs",
+    "tests/test_training.py::test_killed_run_resumes_to_identical_parameters",
+    "tests/test_benchmarks.py::test_tiny_run_writes_the_reports",
+    "tests/test_benchmarks.py::test_gpu_tiny_run",
+    "tests/test_cli.py::test_demo",
+    "tests/test_cli.py::test_python_dash_m_jaxloss_demo",
+    "tests/test_testing.py::test_jaxloss_check_command",
+    "tests/test_numerics.py::test_linear_loss_exact_when_compiled_for_another_x86_cpu",
+    "tests/test_readme.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST)
+                     if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
     if default_backend_is_cpu():
         return
     for item in items:

@@ -57,14 +57,14 @@ def test_metadata():
     assert {"build>=1.2", "twine>=6.1"} <= set(PROJECT["optional-dependencies"]["dev"])
 
 
-def test_ci_runs_the_wheel_check_after_the_tests():
+def test_ci_runs_the_tests_lint_docs_then_the_wheel_check():
     script = ROOT / ".ci" / "wheel-check"
     assert script.is_file()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^wheel-check:.*\n\t.*\.ci/wheel-check", makefile, re.M)
     steps = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
              if line.startswith("make ")]
-    assert steps[:2] == ["make test", "make wheel-check"]
+    assert steps == ["make test", "make lint", "make docs", "make wheel-check"]
     text = script.read_text()
     for step in ("-m build", "twine check --strict", "-m venv", "jaxloss\" --version",
                  "jaxloss\" check", "README.md", "unset PYTHONPATH"):

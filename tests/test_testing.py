@@ -224,8 +224,8 @@ def test_jaxloss_check_command(capsys, monkeypatch):
     from jaxloss import testing
 
     cases = builtin_cases()
-    chosen = ("info_nce", "ctc_loss", "nll_loss[weights,ignore_index,where,mean]")
-    subset = [cases[0], *[c for c in cases if c.name in chosen]]
+    chosen = ("squared_error", "hinge_loss", "nll_loss[weights,ignore_index,where,mean]")
+    subset = [c for c in cases if c.name in chosen]
     monkeypatch.setattr(testing, "builtin_cases", lambda: subset)
     code = cli.main(["check"])
     out = capsys.readouterr().out
@@ -386,9 +386,14 @@ FAULTS = [
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.name)
 def test_check_reports_a_planted_wrong_rule(fault):
     cases = {case.name: case for case in builtin_cases()}
+    chosen = [cases[name] for name in fault.caught_by]
+    if not fault.at_extremes_only:
+        # Only the comparison with the reference is asserted below: the extremes and the
+        # second-order differences (the costly compilations) are left out.
+        chosen = [dataclasses.replace(c, extremes=(), fd_order=1) for c in chosen]
     bwd = fault.rule.bwd
     with planted(fault.rule, fault.wrong):
-        results = run_checks([cases[name] for name in fault.caught_by])
+        results = run_checks(chosen)
     assert fault.rule.bwd is bwd
     for result in results:
         assert not result.ok, f"{fault.name} not caught by {result.name}"

@@ -138,8 +138,9 @@ def test_info_nce_second_derivative_across_devices(mesh):
         across = jax.shard_map(functools.partial(loss, axis_name="data"), mesh=mesh,
                                in_specs=(ROWS, ROWS, REPLICATED), out_specs=REPLICATED)
         for f, fn in (("across", across), ("one", loss)):
-            d2t = jax.grad(jax.grad(fn, argnums=2), argnums=2)(Q, K, TAU)
-            hvp = jax.grad(lambda q, fn=fn: jnp.vdot(jax.grad(fn)(q, K, TAU), v))(Q)
+            # Compiled: eager reverse-over-reverse through the scan dispatches op by op.
+            d2t = jax.jit(jax.grad(jax.grad(fn, argnums=2), argnums=2))(Q, K, TAU)
+            hvp = jax.jit(jax.grad(lambda q, fn=fn: jnp.vdot(jax.grad(fn)(q, K, TAU), v)))(Q)
             if f == "across":
                 got = (d2t, hvp)
             else:
