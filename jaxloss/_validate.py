@@ -146,6 +146,8 @@ def concrete_scalar(x: Any) -> float | None:
     """A Python float when ``x`` is known at trace time, else None."""
     if isinstance(x, numbers.Real):
         return float(x)
+    if isinstance(x, np.ndarray | np.generic | jax.Array) and np.iscomplexobj(x):
+        return None  # not a real value: _real raises with the argument's name
     if isinstance(x, np.ndarray | np.generic) and np.ndim(x) == 0:
         return float(x)
     if isinstance(x, jax.Array) and x.ndim == 0 and not isinstance(x, jax.core.Tracer):
@@ -153,8 +155,18 @@ def concrete_scalar(x: Any) -> float | None:
     return None
 
 
+def _real(name: str, x: Any) -> None:
+    """A complex option would pass the range checks below (concrete_scalar skips it) and
+    lose its imaginary part silently in the loss's float arithmetic."""
+    dtype = getattr(x, "dtype", None)
+    if (isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real)) or (
+            dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)):
+        raise TypeError(f"{name} must be real, got {describe(x)}")
+
+
 def in_unit_interval(name: str, x: Any) -> jax.Array:
     """A scalar in [0, 1], checked when static (a traced value is taken as given)."""
+    _real(name, x)
     value = concrete_scalar(x)
     if value is not None and not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -165,12 +177,14 @@ def in_unit_interval(name: str, x: Any) -> jax.Array:
 
 
 def non_negative(name: str, x: Any) -> None:
+    _real(name, x)
     value = concrete_scalar(x)
     if value is not None and not value >= 0.0:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def positive(name: str, x: Any) -> None:
+    _real(name, x)
     value = concrete_scalar(x)
     if value is not None and not value > 0.0:
         raise ValueError(f"{name} must be > 0, got {value}")

@@ -1089,3 +1089,16 @@ def test_torch_a_bad_input(call, error, words):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+def test_complex_options_raise_naming_the_argument():
+    # A complex option passed the range checks and lost its imaginary part silently.
+    x, y = np.zeros((2, 3), np.float32), np.array([0, 1])
+    for smoothing in (1j, np.complex64(0.1)):
+        with pytest.raises(TypeError, match="label_smoothing must be real"):
+            jaxloss.softmax_cross_entropy_with_integer_labels(x, y, label_smoothing=smoothing)
+        with pytest.raises(TypeError, match="label_smoothing must be real"):
+            jaxloss.linear_softmax_cross_entropy(x, np.zeros((3, 4), np.float32), y,
+                                                 label_smoothing=smoothing)
+    with pytest.raises(TypeError, match="delta must be real"):
+        jaxloss.huber_loss(x, x, delta=1 + 1j)
