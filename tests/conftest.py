@@ -24,6 +24,16 @@ elif BACKEND != "default":
     raise RuntimeError(f"JAXLOSS_TEST_BACKEND must be 'cpu' or 'default', got {BACKEND!r}")
 if os.environ.get("JAX_PLATFORMS") != "cpu":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# On the CPU backend the suite's time is mostly XLA compiling small programs, and most
+# of a compile is LLVM's optimization. Level 0 makes the compiled code slower, not
+# different: XLA's HLO passes (fusion, layout, buffer assignment: what memory_analysis
+# reports) are the same and XLA's CPU code uses no fast-math. The test that compiles
+# for another x86 CPU (tests/test_numerics.py) runs at the default level, and
+# JAXLOSS_TEST_XLA_OPT=default keeps the default everywhere.
+XLA_OPT = "--xla_backend_optimization_level=0"
+if (BACKEND == "cpu" and os.environ.get("JAXLOSS_TEST_XLA_OPT") != "default"
+        and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_OPT}".strip()
 
 import chex  # noqa: E402
 

@@ -208,7 +208,9 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     epochs = 40
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    # One CPU device; the suite's LLVM level (conftest.py), the same in all three runs.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 
     def run(checkpoint_dir, out):
         return subprocess.run([sys.executable, str(script), str(checkpoint_dir), str(out),
