@@ -42,7 +42,7 @@ from jaxloss.focal import (
     safe_softmax_cross_entropy,
     sigmoid_focal_loss,
 )
-from jaxloss.large_vocab import linear_softmax_cross_entropy
+from jaxloss.large_vocab import linear_softmax_cross_entropy, shift_labels
 from jaxloss.margin import (
     hinge_embedding_loss,
     hinge_loss,
@@ -127,6 +127,7 @@ __all__ = [
     "ranking_softmax_loss",
     "reduce",
     "safe_softmax_cross_entropy",
+    "shift_labels",
     "siglip_loss",
     "sigmoid_binary_cross_entropy",
     "sigmoid_focal_loss",

@@ -128,6 +128,11 @@ ENTRIES: tuple[Entry, ...] = (
        "ignore_index=, label_smoothing=)`", "— (on `hidden @ weight`)",
        "— (Liger's fused linear CE, Cut Cross-Entropy)", NONE,
        "never holds the `[N, V]` logits", benchmark=True),
+    _e("shift_labels", "large_vocab", "classification",
+       "`shift_labels(tokens, ignore_index=, where=)`", NONE,
+       "— (`labels[..., 1:]` by hand)", NONE,
+       "causal-LM labels: position t predicts token t + 1; Cut Cross-Entropy's `shift`",
+       checked=False),
     # Divergences.
     _e("kl_divergence", "divergence", "divergence", "`kl_divergence`", SAME,
        '`KLDivLoss(reduction="none")` summed over the class axis',

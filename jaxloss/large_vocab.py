@@ -37,7 +37,7 @@ from jaxloss.distributed import (
     varying_axes,
 )
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "linear_softmax_cross_entropy"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "linear_softmax_cross_entropy", "shift_labels"]
 
 # Vocabulary entries per chunk, chosen by measurement at N = 4096, D = 512, V = 32768
 # float32 on a 2-core CPU: the value and gradient need 1/20 of the materialized
@@ -733,3 +733,58 @@ def linear_softmax_cross_entropy(
     return weighted_reduce(losses.reshape(shape), reduction,
                            where=None if keep is None else keep.reshape(shape),
                            denominator=None)
+
+
+def shift_labels(
+    tokens: ArrayLike,
+    *,
+    ignore_index: int = -100,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+    r"""The labels of causal language modelling: position :math:`t` predicts token
+    :math:`t + 1`.
+
+    .. math::
+      y_t = \begin{cases} x_{t+1} & t < T - 1 \text{ and } m_t \text{ and } m_{t+1} \\
+      \text{ignore\_index} & \text{otherwise} \end{cases}
+
+    along the last axis, with :math:`m` the ``where`` mask of real (not padding)
+    tokens. The result goes with the logits of every position to
+    :func:`linear_softmax_cross_entropy` or
+    :func:`jaxloss.softmax_cross_entropy_with_integer_labels` with the same
+    ``ignore_index``: the last position, padding, and positions whose next token is
+    padding count in neither the loss nor its mean. Cut Cross-Entropy's ``shift``
+    and Hugging Face's causal-LM loss shift the same way.
+
+    Args:
+      tokens: integer token ids, ``[..., T]``.
+      ignore_index: the label of positions without a target.
+      where: boolean mask of the real tokens, the shape of ``tokens`` (None: all).
+
+    Returns:
+      The labels, the shape and dtype of ``tokens``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxloss import shift_labels
+      >>> shift_labels(jnp.array([5, 6, 7, 0]), where=jnp.array([1, 1, 1, 0]) > 0).tolist()
+      [6, 7, -100, -100]
+
+    References:
+      Radford et al., `Improving Language Understanding by Generative Pre-Training
+      <https://openai.com/research/language-unsupervised>`_, 2018 (the objective).
+    """
+    tokens = _validate.integer("tokens", tokens)
+    if tokens.ndim < 1:
+        raise ValueError(f"tokens must have a sequence axis, got {_validate.describe(tokens)}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    fill = jnp.full(tokens.shape[:-1] + (1,), ignore_index, tokens.dtype)
+    labels = jnp.concatenate([tokens[..., 1:], fill], axis=-1)
+    mask = _validate.mask("where", where)
+    if mask is not None:
+        _validate.same_shape("where", mask, tuple(tokens.shape), "the shape of tokens")
+        has_target = mask & jnp.concatenate([mask[..., 1:], jnp.zeros_like(mask[..., :1])],
+                                            axis=-1)
+        labels = jnp.where(has_target, labels, jnp.asarray(ignore_index, tokens.dtype))
+    return labels

@@ -401,3 +401,53 @@ def test_bad_input(call, error, words):
         call()
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+# ---------------------------------------------------------------------------------
+# shift_labels: the causal language-modelling targets.
+
+
+def _shift_by_hand(tokens, real, ignore_index):
+    """Position t's label is token t + 1 when both are real tokens (a loop)."""
+    labels = np.full_like(tokens, ignore_index)
+    for b in range(tokens.shape[0]):
+        for t in range(tokens.shape[1] - 1):
+            if real[b, t] and real[b, t + 1]:
+                labels[b, t] = tokens[b, t + 1]
+    return labels
+
+
+def test_shift_labels_against_a_hand_shifted_reference():
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 50, size=(3, 7)).astype(np.int32)
+    lengths = np.array([7, 4, 1])
+    real = np.arange(7) < lengths[:, None]  # right padding
+    real[2] = [False, False, True, True, True, False, False]  # left and right padding
+    for ignore_index, where in ((-100, None), (-100, real), (0, real)):
+        got = jax.jit(functools.partial(jaxloss.shift_labels, ignore_index=ignore_index))(
+            tokens, where=where)
+        want = _shift_by_hand(tokens, np.ones_like(real) if where is None else where,
+                              ignore_index)
+        assert got.dtype == tokens.dtype
+        np.testing.assert_array_equal(got, want)
+    # Causal LM: the mean over the positions that have a next real token.
+    logits = rng.normal(size=(3, 7, 11)).astype(np.float32)
+    labels = jaxloss.shift_labels(tokens % 11, where=real)
+    got = jaxloss.softmax_cross_entropy_with_integer_labels(logits, labels, ignore_index=-100,
+                                                            reduction="mean")
+    keep = labels != -100
+    lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
+    nll = lse - np.take_along_axis(logits, np.where(keep, labels, 0)[..., None], -1)[..., 0]
+    chex.assert_trees_all_close(got, nll[keep].mean(), rtol=1e-6)
+    assert keep.sum() == 6 + 3 + 2
+
+
+def test_shift_labels_bad_input():
+    with pytest.raises(TypeError, match="tokens"):
+        jaxloss.shift_labels(np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="tokens"):
+        jaxloss.shift_labels(np.int32(3))
+    with pytest.raises(ValueError, match="where"):
+        jaxloss.shift_labels(np.zeros((2, 4), np.int32), where=np.ones((2, 3), bool))
+    with pytest.raises(TypeError, match="ignore_index"):
+        jaxloss.shift_labels(np.zeros(4, np.int32), ignore_index=-1.0)
