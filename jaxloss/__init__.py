@@ -7,6 +7,7 @@ derivative. Names, call convention and values follow ``optax.losses``.
 
 from jaxloss import distributed  # noqa: F401  (jaxloss.distributed.data_mesh, ...)
 from jaxloss._checked import checked
+from jaxloss._lm_head import CrossEntropyAux
 from jaxloss._reduce import reduce
 from jaxloss.classification import (
     binary_cross_entropy,
@@ -42,7 +43,7 @@ from jaxloss.focal import (
     safe_softmax_cross_entropy,
     sigmoid_focal_loss,
 )
-from jaxloss.large_vocab import linear_softmax_cross_entropy, shift_labels
+from jaxloss.large_vocab import linear_log_probs, linear_softmax_cross_entropy, shift_labels
 from jaxloss.margin import (
     hinge_embedding_loss,
     hinge_loss,
@@ -79,6 +80,7 @@ from jaxloss.sparsemax import multiclass_sparsemax_loss, sparsemax_loss
 __version__ = "0.1.0"
 
 __all__ = [
+    "CrossEntropyAux",
     "__version__",
     "binary_cross_entropy",
     "binary_dice_loss",
@@ -102,6 +104,7 @@ __all__ = [
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "l2_loss",
+    "linear_log_probs",
     "linear_softmax_cross_entropy",
     "log_cosh",
     "mae",

@@ -91,15 +91,16 @@ ENTRIES: tuple[Entry, ...] = (
        NONE, "`BCELoss()`", "`BinaryCrossentropy()`",
        "exact logs; PyTorch clamps the log at −100, Keras clips p at 1e-7"),
     _e("softmax_cross_entropy", "classification", "classification",
-       "`softmax_cross_entropy(label_smoothing=)`", SAME,
+       "`softmax_cross_entropy(label_smoothing=, softcap=, temperature=, z_loss=)`", SAME,
        "`CrossEntropyLoss()` with probability targets",
        "`CategoricalCrossentropy(from_logits=True)`", "0, not NaN, at −inf logits",
        benchmark=True),
     _e("softmax_cross_entropy_with_integer_labels", "classification", "classification",
        "`softmax_cross_entropy_with_integer_labels(class_weights=, ignore_index=, "
-       "label_smoothing=)`", SAME, "`CrossEntropyLoss(weight=, ignore_index=, "
-       "label_smoothing=)`", "`SparseCategoricalCrossentropy(from_logits=True, "
-       "ignore_class=)`", benchmark=True),
+       "label_smoothing=, softcap=, temperature=, z_loss=, return_aux=)`", SAME,
+       "`CrossEntropyLoss(weight=, ignore_index=, label_smoothing=)`",
+       "`SparseCategoricalCrossentropy(from_logits=True, ignore_class=)`; Liger's "
+       "`cross_entropy(softcap=, lse_square_scale=)`", benchmark=True),
     _e("categorical_cross_entropy", "classification", "classification",
        "`categorical_cross_entropy`", NONE, NONE, "`CategoricalCrossentropy()`",
        "on probabilities; Keras clips at 1e-7"),
@@ -125,9 +126,17 @@ ENTRIES: tuple[Entry, ...] = (
        "the `label_smoothing=` option"),
     _e("linear_softmax_cross_entropy", "large_vocab", "classification",
        "`linear_softmax_cross_entropy(hidden, weight, labels, bias=, chunk_size=, "
-       "ignore_index=, label_smoothing=)`", "— (on `hidden @ weight`)",
-       "— (Liger's fused linear CE, Cut Cross-Entropy)", NONE,
+       "ignore_index=, label_smoothing=, softcap=, temperature=, z_loss=, return_aux=)`",
+       "— (on `hidden @ weight`)", "— (Liger's fused linear CE, Cut Cross-Entropy)",
+       "Liger: `softcap=`, `lse_square_scale=` (our `z_loss=`), `return_z_loss=` and "
+       "`return_token_accuracy=` (our `return_aux=`); Cut Cross-Entropy: `softcap=`",
        "never holds the `[N, V]` logits", benchmark=True),
+    _e("linear_log_probs", "large_vocab", "classification",
+       "`linear_log_probs(hidden, weight, labels, bias=, softcap=, temperature=, "
+       "return_entropy=, ignore_index=, chunk_size=)`", NONE, NONE,
+       "Liger's fused linear RL losses (per-token log-probs, entropy)",
+       "per-token `log p(label)` and entropy, differentiable, never holds `[N, V]`"),
+    _e("CrossEntropyAux", "_lm_head", "utility", "`CrossEntropyAux`", checked=False),
     _e("shift_labels", "large_vocab", "classification",
        "`shift_labels(tokens, ignore_index=, where=)`", NONE,
        "— (`labels[..., 1:]` by hand)", NONE,

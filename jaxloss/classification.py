@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxloss import _softmax, _validate
+from jaxloss import _lm_head, _softmax, _validate
 from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
@@ -397,12 +398,12 @@ _IntegerCEResiduals = tuple[
     jax.Array]
 
 
-@jax.custom_vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _softmax_ce(
     logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
-    valid: jax.Array | None,
+    valid: jax.Array | None, head: _lm_head.Head | None,
 ) -> jax.Array:
-    return _softmax_ce_fwd(logits, labels, smoothing, valid)[0]
+    return _softmax_ce_fwd(logits, labels, smoothing, valid, head)[0]
 
 
 def _dense_target(
@@ -418,30 +419,42 @@ def _dense_target(
 
 def _softmax_ce_fwd(
     logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
-    valid: jax.Array | None,
+    valid: jax.Array | None, head: _lm_head.Head | None,
 ) -> tuple[jax.Array, _SoftmaxCEResiduals]:
-    r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x) - x_c)`; residuals: the inputs and
-    the normalizer :math:`(m, \log s)` per row."""
-    x = logits.astype(labels.dtype)
-    m, log_s = _log_normalizer(logits, valid, labels.dtype)
+    r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x') - x'_c) + \varepsilon_z
+    \mathrm{lse}(x')^2` with :math:`x'` the logits as ``head`` transforms them;
+    residuals: the inputs and the normalizer :math:`(m, \log s)` per row."""
+    x = _lm_head.transform(logits.astype(labels.dtype), head)
+    m, log_s = _log_normalizer(x if _lm_head.transforms(head) else logits, valid,
+                               labels.dtype)
     target = _dense_target(x, labels, smoothing, valid)
     # Halves, doubled: m - x may overflow where the weighted sum does not.
     half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
     loss = 2 * jnp.sum(_times(target, half), axis=-1)
+    z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
+    if z is not None:
+        loss = loss + z
     return loss, (logits, labels, smoothing, valid, m, log_s)
 
 
 def _softmax_ce_bwd(
-    residuals: _SoftmaxCEResiduals, g: jax.Array
+    head: _lm_head.Head | None, residuals: _SoftmaxCEResiduals, g: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, None]:
     r""":math:`\partial\ell/\partial x = p \sum_c q_c - q`;
     :math:`\partial\ell/\partial y_c = (1-\epsilon)(\mathrm{lse} - x_c)` on the classes
     that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
-    (\mathrm{lse} - x_c)`."""
+    (\mathrm{lse} - x_c)`; with ``head``, :math:`2\varepsilon_z \mathrm{lse}\,p` more
+    on :math:`\partial\ell/\partial x'`, times :math:`\partial x'/\partial x`."""
     logits, labels, smoothing, valid, m, log_s = residuals
-    x = logits.astype(labels.dtype)
+    x = _lm_head.transform(logits.astype(labels.dtype), head)
     target = _dense_target(x, labels, smoothing, valid)
     d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g)
+    z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
+    if z is not None:
+        p = _softmax.probabilities(x, m, log_s, valid)
+        d_logits = d_logits + _times((g * z)[..., None], p)
+    if _lm_head.transforms(head):
+        d_logits = _lm_head.transform_grad(d_logits, logits.astype(labels.dtype), head)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
     half = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s, scale=0.5), 0)
     d_labels = 2 * _times(g[..., None], half)
@@ -459,12 +472,16 @@ _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
 
 def _check_softmax_ce(logits: ArrayLike, labels: ArrayLike, *,
                       axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None,
-                      label_smoothing: float = 0.0, reduction: Reduction = "none") -> None:
+                      label_smoothing: float = 0.0, reduction: Reduction = "none",
+                      softcap: float | None = None, temperature: float = 1.0,
+                      z_loss: float = 0.0) -> None:
     check_in_range("labels", labels, 0, None)
 
 
 @register_checks(_check_softmax_ce)
-@_validate.jit(static_argnames=("axis", "label_smoothing", "reduction"))
+@_validate.jit(static_argnames=("axis", "label_smoothing", "reduction", "softcap",
+                               "temperature", "z_loss"),
+               checks=_lm_head.CHECKS)
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -473,6 +490,9 @@ def softmax_cross_entropy(
     where: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     reduction: Reduction = "none",
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
 ) -> jax.Array:
     r"""Softmax cross-entropy with one-hot or soft targets.
 
@@ -497,6 +517,15 @@ def softmax_cross_entropy(
         :math:`(1 - \epsilon) y + \epsilon / C`, over the :math:`C` classes whose
         logit is finite and which ``where`` includes.
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
+      softcap: :math:`c > 0`, or None (default): the logits become
+        :math:`x' = c \tanh(x / c)` before the softmax (Gemma 2). A ``-inf`` logit
+        stays ``-inf``.
+      temperature: :math:`\tau > 0` (default 1): the logits are divided by
+        :math:`\tau` (after the softcap).
+      z_loss: :math:`\varepsilon_z \ge 0` (default 0): adds
+        :math:`\varepsilon_z\,\mathrm{lse}(x')^2` per row (PaLM's z-loss), with gradient
+        :math:`2\varepsilon_z\,\mathrm{lse}(x')\,\mathrm{softmax}(x')`.
+        :func:`softmax_cross_entropy_with_integer_labels` states the formulas.
 
     Returns:
       One loss per row (``logits.shape`` without ``axis``) for ``"none"``, in
@@ -513,7 +542,9 @@ def softmax_cross_entropy(
     References:
       Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.3;
       Szegedy et al., `Rethinking the Inception Architecture
-      <https://arxiv.org/abs/1512.00567>`_, 2016 (label smoothing).
+      <https://arxiv.org/abs/1512.00567>`_, 2016 (label smoothing);
+      Chowdhery et al., `PaLM <https://arxiv.org/abs/2204.02311>`_, 2022 (z-loss);
+      Gemma Team, `Gemma 2 <https://arxiv.org/abs/2408.00118>`_, 2024 (softcapping).
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.numeric("labels", labels)
@@ -525,7 +556,8 @@ def softmax_cross_entropy(
     x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype)
     # label_smoothing is static: 0 compiles without the smoothing terms.
     smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
-    losses = _softmax_ce(*match_varying(x, y, smoothing, valid))
+    head = _lm_head.head(softcap, temperature, z_loss)
+    losses = _softmax_ce(*match_varying(x, y, smoothing, valid), head)
     rows = None if valid is None else jnp.any(valid, axis=-1)
     return weighted_reduce(losses, reduction, where=rows, denominator=None)
 
@@ -584,55 +616,73 @@ def _label_coefficient(
     return coefficient if smoothing is None else (1 - smoothing) * coefficient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _integer_ce(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
     smoothing: jax.Array | None, valid: jax.Array | None, gather: bool,
-) -> jax.Array:
-    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather)[0]
+    head: _lm_head.Head | None, with_stats: bool,
+) -> Any:
+    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather, head,
+                           with_stats)[0]
 
 
 def _integer_ce_fwd(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
     smoothing: jax.Array | None, valid: jax.Array | None, gather: bool,
-) -> tuple[jax.Array, _IntegerCEResiduals]:
+    head: _lm_head.Head | None, with_stats: bool,
+) -> tuple[Any, _IntegerCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
-    (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`; NaN for a label
-    outside ``[0, C)``. Residuals: the inputs and the normalizer :math:`(m, \log s)`
-    per row."""
+    (\mathrm{lse} - x_c) + \varepsilon_z \mathrm{lse}^2` with :math:`\alpha = (1 -
+    \epsilon) w_y`, on the logits as ``head`` transforms them; NaN for a label outside
+    ``[0, C)``. Residuals: the inputs and the normalizer :math:`(m, \log s)` per row.
+    With ``with_stats`` the output is ``(loss, m, log_s, x_y)``."""
     dtype = _validate.compute_dtype(logits.dtype)
-    x = logits.astype(dtype)
-    m, log_s = _log_normalizer(logits, valid, dtype)
-    # Picked from the input dtype: a gather from the float32 copy of bf16 logits would
-    # make XLA materialize that copy.
+    x = _lm_head.transform(logits.astype(dtype), head)
+    # Without a transform the max and the label's logit are read from the input dtype:
+    # a gather from the float32 copy of bf16 logits would make XLA materialize that copy.
+    source = x if _lm_head.transforms(head) else logits
+    m, log_s = _log_normalizer(source, valid, dtype)
+    label_logit = _pick(source, labels, gather).astype(dtype)
     # Halves, doubled: m - x may overflow where the weighted sum does not.
-    label_half = _softmax.neg_log_probabilities(
-        _pick(logits, labels, gather).astype(dtype), m[..., 0], log_s[..., 0], scale=0.5)
+    label_half = _softmax.neg_log_probabilities(label_logit, m[..., 0], log_s[..., 0],
+                                                scale=0.5)
     loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_half)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     if smooth is not None:
         half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
         loss = loss + jnp.sum(_times(smooth, half), axis=-1)
     loss = 2 * loss
+    z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
+    if z is not None:
+        loss = loss + z
     in_range = (labels >= 0) & (labels < x.shape[-1])
     loss = jnp.where(in_range, loss, jnp.nan)
-    return loss, (logits, labels, class_weights, smoothing, valid, m, log_s)
+    out = (loss, m[..., 0], log_s[..., 0], label_logit) if with_stats else loss
+    return out, (logits, labels, class_weights, smoothing, valid, m, log_s)
 
 
 def _integer_ce_bwd(
-    gather: bool, residuals: _IntegerCEResiduals, g: jax.Array
+    gather: bool, head: _lm_head.Head | None, with_stats: bool,
+    residuals: _IntegerCEResiduals, g: Any,
 ) -> tuple[jax.Array, None, jax.Array | None, jax.Array | None, None]:
-    r""":math:`\partial\ell/\partial x = p \sum_c a_c - a` with :math:`a = \alpha\,
-    \mathrm{onehot}(y) + \epsilon w u` (NaN on rows whose label is out of range);
+    r""":math:`\partial\ell/\partial x' = p \,(\sum_c a_c + 2\varepsilon_z
+    \mathrm{lse}) - a` with :math:`a = \alpha\,\mathrm{onehot}(y) + \epsilon w u`
+    (NaN on rows whose label is out of range), times :math:`\partial x'/\partial x`;
     :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n - x_{nc})`;
     :math:`\partial\ell/\partial\epsilon = \sum_n [\sum_c w_c u_{nc}(\mathrm{lse}_n
-    - x_{nc}) - w_{y_n}(\mathrm{lse}_n - x_{n y_n})]`."""
+    - x_{nc}) - w_{y_n}(\mathrm{lse}_n - x_{n y_n})]`. The statistics of
+    ``with_stats`` have no gradient: their cotangents are dropped."""
+    if with_stats:
+        g = g[0]
     logits, labels, class_weights, smoothing, valid, m, log_s = residuals
     dtype = _validate.compute_dtype(logits.dtype)
-    x = logits.astype(dtype)
+    x = _lm_head.transform(logits.astype(dtype), head)
     alpha = _label_coefficient(x, labels, class_weights, smoothing, gather)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     total = alpha if smooth is None else alpha + jnp.sum(smooth, axis=-1)
+    z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
+    if z is not None:
+        total = total + z
     p = _softmax.probabilities(x, m, log_s, valid)
     d_logits = _times((g * total)[..., None], p)
     if smooth is not None:
@@ -640,7 +690,8 @@ def _integer_ce_bwd(
     d_logits = d_logits - _at_label(_times(g, alpha), labels, x.shape)
     flagged = ~((labels >= 0) & (labels < x.shape[-1])) & (g != 0)
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
-
+    if _lm_head.transforms(head):
+        d_logits = _lm_head.transform_grad(d_logits, logits.astype(dtype), head)
     d_weights = d_smoothing = None
     if class_weights is not None or smoothing is not None:
         # Halves of -log p, doubled below (as in the forward pass).
@@ -674,7 +725,9 @@ def _check_integer_ce(logits: ArrayLike, labels: ArrayLike, *,
                       axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None,
                       ignore_index: int | None = None, label_smoothing: float = 0.0,
                       class_weights: ArrayLike | None = None, reduction: Reduction = "none",
-                      axis_name: AxisName | None = None) -> None:
+                      axis_name: AxisName | None = None, softcap: float | None = None,
+                      temperature: float = 1.0, z_loss: float = 0.0,
+                      return_aux: bool = False) -> None:
     logits = jnp.asarray(logits)
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     num_classes = 1
@@ -689,7 +742,9 @@ def _check_integer_ce(logits: ArrayLike, labels: ArrayLike, *,
 
 @register_checks(_check_integer_ce)
 @_validate.jit(
-    static_argnames=("axis", "ignore_index", "label_smoothing", "reduction", "axis_name"),
+    static_argnames=("axis", "ignore_index", "label_smoothing", "reduction", "axis_name",
+                     "softcap", "temperature", "z_loss", "return_aux"),
+    checks=_lm_head.CHECKS,
 )
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
@@ -702,7 +757,11 @@ def softmax_cross_entropy_with_integer_labels(
     class_weights: ArrayLike | None = None,
     reduction: Reduction = "none",
     axis_name: AxisName | None = None,
-) -> jax.Array:
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    z_loss: float = 0.0,
+    return_aux: bool = False,
+) -> Any:
     r"""Softmax cross-entropy with integer class labels (PyTorch ``CrossEntropyLoss``).
 
     .. math::
@@ -747,9 +806,29 @@ def softmax_cross_entropy_with_integer_labels(
         ``[N, C]`` logits are never gathered: the backward pass is local. The losses
         (the same on every device of the axis) and the gradient of each slice equal
         the unsharded ones.
+      softcap: :math:`c > 0`, or None (default): the logits become
+        :math:`c \tanh(x / c)` before the softmax (Gemma 2's final-logit softcapping;
+        Liger's and Cut Cross-Entropy's ``softcap``). A ``-inf`` logit stays ``-inf``.
+      temperature: :math:`\tau > 0` (default 1): the (softcapped) logits are divided
+        by :math:`\tau`.
+      z_loss: :math:`\varepsilon_z \ge 0` (default 0): adds
+        :math:`\varepsilon_z\,\mathrm{lse}(x')^2` to each row's loss, unweighted by
+        ``class_weights`` (PaLM's z-loss, :math:`10^{-4}` there; Liger's
+        ``lse_square_scale``). Its gradient is
+        :math:`2\varepsilon_z\,\mathrm{lse}(x')\,\mathrm{softmax}(x')`.
+      return_aux: return ``(loss, aux)``, ``aux`` a :class:`jaxloss.CrossEntropyAux` of
+        per-row ``lse``, ``z_loss``, ``correct`` and ``label_logit`` from the same pass,
+        without gradient.
+
+    With ``softcap``, ``temperature`` or ``z_loss`` the loss is that of the logits
+    :math:`x' = c \tanh(x / c) / \tau` plus the z-term, and the custom_vjp chains
+    :math:`\partial x'/\partial x = \operatorname{sech}^2(x / c) / \tau`; every other
+    option applies to :math:`x'` as it would to :math:`x`. The defaults compile the
+    plain path.
 
     Returns:
-      One loss per row for ``"none"``, in ``promote_types(logits.dtype, float32)``.
+      One loss per row for ``"none"``, in ``promote_types(logits.dtype, float32)``;
+      with ``return_aux``, ``(loss, aux)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -766,7 +845,11 @@ def softmax_cross_entropy_with_integer_labels(
     References:
       Goodfellow et al., `Deep Learning <http://www.deeplearningbook.org>`_, 2016, §6.2.2.3;
       Müller et al., `When Does Label Smoothing Help?
-      <https://arxiv.org/abs/1906.02629>`_, 2019.
+      <https://arxiv.org/abs/1906.02629>`_, 2019;
+      Chowdhery et al., `PaLM: Scaling Language Modeling with Pathways
+      <https://arxiv.org/abs/2204.02311>`_, 2022, §5 (z-loss);
+      Gemma Team, `Gemma 2: Improving Open Language Models at a Practical Size
+      <https://arxiv.org/abs/2408.00118>`_, 2024 (logit softcapping).
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.integer("labels", labels)
@@ -789,18 +872,24 @@ def softmax_cross_entropy_with_integer_labels(
     # label_smoothing is static: 0 compiles without the smoothing terms.
     smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
 
+    head = _lm_head.head(softcap, temperature, z_loss)
+
     if axis_name is not None:
         if not isinstance(axis, int):
             raise ValueError(
                 f"axis_name needs a single class axis (a flattened tuple of sharded axes "
                 f"has no contiguous global class ids), got axis={axis!r}")
-        losses, keep, denominator = _vocab_parallel_integer_ce(
+        losses, keep, denominator, stats = _vocab_parallel_integer_ce(
             x, labels, axis_name=axis_name, valid=valid, ignore_index=ignore_index,
             # label_smoothing is static, so concrete: not None (only a complex scalar,
             # which in_unit_interval lets through, would be).
             label_smoothing=smoothing_value,  # type: ignore[arg-type]
-            class_weights=class_weights)
-        return weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+            class_weights=class_weights, head=head, with_stats=return_aux)
+        loss = weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+        if not return_aux:
+            return loss
+        assert stats is not None
+        return loss, _lm_head.aux(head, *stats, keep)
 
     keep = None if valid is None else jnp.any(valid, axis=-1)
     if ignore_index is not None:
@@ -809,11 +898,17 @@ def softmax_cross_entropy_with_integer_labels(
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
     gather = not _class_axis_sharded(x)
-    losses = _integer_ce(*match_varying(x, labels, class_weights, smoothing, valid), gather)
+    out = _integer_ce(*match_varying(x, labels, class_weights, smoothing, valid), gather,
+                      head, return_aux)
+    losses = out[0] if return_aux else out
     denominator = None
     if class_weights is not None:
         denominator = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
-    return weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+    loss = weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+    if not return_aux:
+        return loss
+    _, m, log_s, label_logit = out
+    return loss, _lm_head.aux(head, m, log_s, label_logit, keep)
 
 
 # ---------------------------------------------------------------------------------

@@ -920,7 +920,7 @@ def _ref_multiclass_sparsemax(
 
 
 CASE_MODULES = ("jaxloss._cases_torch_a", "jaxloss._cases_torch_b", "jaxloss._cases_sequence",
-                "jaxloss._cases_ranking")
+                "jaxloss._cases_ranking", "jaxloss._cases_lm_head")
 
 
 def builtin_cases(seed: int = 0) -> list[CheckCase]:

@@ -235,7 +235,8 @@ def test_label_and_option_gradients(x64):
     # The smoothing coefficient itself, through a traced value.
     smoothing_grad = jax.grad(
         lambda e: jaxloss.classification._integer_ce(
-            jnp.asarray(LOGITS, float), jnp.asarray(LABELS), None, e, None, True).sum())(0.1)
+            jnp.asarray(LOGITS, float), jnp.asarray(LABELS), None, e, None, True, None,
+            False).sum())(0.1)
     want = jax.grad(lambda e: ref_torch_cross_entropy(
         jnp.asarray(LOGITS, float), LABELS, label_smoothing=e, reduction="sum"))(0.1)
     np.testing.assert_allclose(smoothing_grad, want, rtol=1e-10)

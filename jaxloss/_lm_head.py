@@ -1,0 +1,173 @@
+r"""The language-model head's options shared by the softmax cross-entropies: logit
+softcapping, temperature and the z-loss, and the per-row statistics a training loop logs.
+
+With softcap :math:`c` and temperature :math:`\tau` the softmax sees
+
+.. math::
+  x' = \frac{c \tanh(x / c)}{\tau}, \qquad
+  \frac{\partial x'}{\partial x} = \frac{\operatorname{sech}^2(x / c)}{\tau}
+
+(Gemma 2's final-logit softcapping, then the sampling temperature), and the z-loss adds
+:math:`\varepsilon\,\mathrm{lse}(x')^2` per row, whose gradient is
+:math:`2\varepsilon\,\mathrm{lse}(x')\,\mathrm{softmax}(x')`. A logit of ``-inf`` stays
+``-inf``: a class masked that way stays masked (:math:`c \tanh(-\infty)` would be
+:math:`-c`, a class with probability).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["CrossEntropyAux", "Head", "head"]
+
+
+class Head(NamedTuple):
+    """The static options of the head (None from :func:`head` when all are defaults)."""
+
+    softcap: float | None
+    temperature: float
+    z_loss: float
+
+
+class CrossEntropyAux(NamedTuple):
+    """What a training loop logs next to the loss, one entry per row (the shape of
+    ``labels``), from the same pass as the loss and without gradient. On rows that
+    ``ignore_index`` or ``where`` leaves out, every field is 0 (``correct`` False).
+
+    Attributes:
+      lse: :math:`\\mathrm{lse}(x')`, the log-normalizer of the row's (softcapped,
+        tempered) logits.
+      z_loss: the row's z-loss term :math:`\\varepsilon\\,\\mathrm{lse}(x')^2` (0 when
+        ``z_loss=0``).
+      correct: whether the label's logit is the row's largest (ties count as correct):
+        the token accuracy is ``correct.sum() / kept``.
+      label_logit: :math:`x'_y`, the label's logit as the softmax sees it.
+    """
+
+    lse: jax.Array
+    z_loss: jax.Array
+    correct: jax.Array
+    label_logit: jax.Array
+
+
+def _positive_finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a positive finite Python float, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def check_softcap(name: str, value: Any) -> None:
+    """``softcap``: None or a positive finite number (a check of ``_validate.jit``)."""
+    if value is not None:
+        _positive_finite(name, value)
+
+
+def check_temperature(name: str, value: Any) -> None:
+    """``temperature``: a positive finite number."""
+    _positive_finite(name, value)
+
+
+def check_z_loss(name: str, value: Any) -> None:
+    """``z_loss``: a non-negative finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a non-negative finite Python float, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be non-negative and finite, got {value!r}")
+
+
+def check_flag(name: str, value: Any) -> None:
+    """A static on/off option: True or False only (a TypeError, as for jaxloss's other
+    flags)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+# The checks of ``_validate.jit`` for the options, before their values are hashed.
+CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "softcap": check_softcap, "temperature": check_temperature, "z_loss": check_z_loss,
+    "return_aux": check_flag}
+
+
+def head(softcap: float | None, temperature: float, z_loss: float) -> Head | None:
+    """The options, validated; None when they are the defaults (the code paths are then
+    exactly those without the options)."""
+    check_softcap("softcap", softcap)
+    check_temperature("temperature", temperature)
+    check_z_loss("z_loss", z_loss)
+    if softcap is None and temperature == 1 and z_loss == 0:
+        return None
+    return Head(None if softcap is None else float(softcap), float(temperature),
+                float(z_loss))
+
+
+def transforms(h: Head | None) -> bool:
+    """Whether the logits are changed before the softmax."""
+    return h is not None and (h.softcap is not None or h.temperature != 1)
+
+
+def transform(x: jax.Array, h: Head | None) -> jax.Array:
+    """:math:`x' = c \\tanh(x / c) / \\tau`, ``-inf`` kept."""
+    if h is None:
+        return x
+    if h.softcap is not None:
+        c = h.softcap
+        x = jnp.where(jnp.isneginf(x), x, c * jnp.tanh(x / c))
+    if h.temperature != 1:
+        x = x / h.temperature
+    return x
+
+
+def transform_grad(d: jax.Array, x: jax.Array, h: Head | None) -> jax.Array:
+    """``d`` (the gradient with respect to :math:`x'`) times
+    :math:`\\partial x'/\\partial x = \\operatorname{sech}^2(x/c)/\\tau` at the raw logits
+    ``x``. The square of :math:`1/\\cosh` keeps its relative precision where
+    :math:`1 - \\tanh^2` would cancel, and underflows to 0 (not NaN) far out."""
+    if h is None:
+        return d
+    if h.softcap is not None:
+        d = d * jnp.square(1 / jnp.cosh(x / h.softcap))
+    if h.temperature != 1:
+        d = d / h.temperature
+    return d
+
+
+def z_coefficient(h: Head | None, m: jax.Array, log_s: jax.Array) -> jax.Array | None:
+    """:math:`2\\varepsilon\\,\\mathrm{lse}` per row, the z-loss's factor on the softmax in
+    the gradient (0 on a row with no class; None without z-loss)."""
+    if h is None or h.z_loss == 0:
+        return None
+    lse = m + log_s
+    return jnp.where(jnp.isfinite(lse), 2 * h.z_loss * lse, 0)
+
+
+def z_term(h: Head | None, m: jax.Array, log_s: jax.Array) -> jax.Array | None:
+    """:math:`\\varepsilon\\,\\mathrm{lse}^2` per row as :math:`(\\sqrt\\varepsilon\\,
+    \\mathrm{lse})^2`, which overflows only where the term does (0 on a row with no
+    class; None without z-loss)."""
+    if h is None or h.z_loss == 0:
+        return None
+    lse = m + log_s
+    return jnp.where(jnp.isfinite(lse), jnp.square(math.sqrt(h.z_loss) * lse), 0)
+
+
+def aux(h: Head | None, m: jax.Array, log_s: jax.Array, label_logit: jax.Array,
+        keep: jax.Array | None) -> CrossEntropyAux:
+    """The per-row statistics from the normalizer :math:`(m, \\log s)` and the label's
+    logit, without gradient, zeroed on the rows not kept."""
+    m, log_s, label_logit = jax.lax.stop_gradient((m, log_s, label_logit))
+    lse = m + log_s
+    z = z_term(h, m, log_s)
+    fields = CrossEntropyAux(
+        lse=lse, z_loss=jnp.zeros_like(lse) if z is None else z,
+        correct=(label_logit >= m) & jnp.isfinite(label_logit),
+        label_logit=label_logit)
+    if keep is None:
+        return fields
+    return CrossEntropyAux(*(jnp.where(keep, f, jnp.zeros((), f.dtype)) for f in fields))
