@@ -15,6 +15,7 @@ from typing import Any
 import jaxloss
 
 TASKS = ("regression", "binary", "multiclass", "siamese")
+"""The tasks of ``--task all``; ``--task lm`` (the language model) runs only by name."""
 
 
 # ---------------------------------------------------------------------------------
@@ -238,9 +239,25 @@ def _mesh(devices: int) -> Any:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    lm = args.task == "lm"
+    misplaced = ([f"--epochs {args.epochs}"] * (args.epochs is not None)
+                 + [f"--devices {args.devices}"] * (args.devices != 1)) if lm else (
+        [f"--steps {args.steps}"] * (args.steps is not None)
+        + [f"--vocab-size {args.vocab_size}"] * (args.vocab_size is not None)
+        + [f"--max-files {args.max_files}"] * (args.max_files is not None))
+    if misplaced:
+        which = "--task lm" if lm else "the MLP tasks"
+        other = "the MLP tasks" if lm else "--task lm"
+        print(f"jaxloss demo: error: {', '.join(misplaced)}: not an option of {which} "
+              f"(only of {other})", file=sys.stderr)
+        return 2
     try:
         import matplotlib  # noqa: F401
-        import sklearn  # noqa: F401
+
+        if lm:
+            import tokenizers  # noqa: F401
+        else:
+            import sklearn  # noqa: F401
     except ImportError:
         print("jaxloss demo: error: the demo needs its extra: pip install 'jaxloss[demo]'",
               file=sys.stderr)
@@ -250,6 +267,8 @@ def _demo(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"jaxloss demo: error: {problem}", file=sys.stderr)
         return 2
+    if lm:
+        return _demo_lm(args, out)
     if args.devices > 1:
         import jax
 
@@ -272,6 +291,33 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_lm(args: argparse.Namespace, out: pathlib.Path) -> int:
+    """``jaxloss demo --task lm``: the Transformer language model of
+    :mod:`jaxloss.lm_demo`; exit 1 when a promised figure does not hold."""
+    from jaxloss import lm_demo
+
+    config = lm_demo.LMConfig(seed=args.seed)
+    overrides = {"steps": args.steps, "vocab_size": args.vocab_size,
+                 "max_files": args.max_files}
+    config = dataclasses.replace(
+        config, **{k: v for k, v in overrides.items() if v is not None})
+
+    def log(line: str) -> None:
+        # --quiet keeps the report and drops the progress lines.
+        if not args.quiet or not line.startswith("step "):
+            print(line, flush=True)
+
+    try:
+        lm_demo.run(config, out, log=log)
+    except lm_demo.ThresholdError as e:
+        print(f"jaxloss demo: error: --task lm: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # too little data for the settings (a small --max-files)
+        print(f"jaxloss demo: error: --task lm: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ---------------------------------------------------------------------------------
 # The parser.
 
@@ -284,6 +330,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,15 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
     demo = commands.add_parser(
         "demo", help="train small Flax models on scikit-learn's bundled data with jaxloss "
-        "losses; print a table and write plots")
-    demo.add_argument("--task", choices=("all", *TASKS), default="all")
+        "losses; print a table and write plots (--task lm: a Transformer language model "
+        "on the Python standard library)")
+    demo.add_argument("--task", choices=("all", *TASKS, "lm"), default="all",
+                      help="all: the four MLP tasks; lm: the language model (run alone)")
     demo.add_argument("--epochs", type=_positive_int, default=None,
                       help="epochs per task (default: each task's own)")
-    demo.add_argument("--out", default="demo-output", help="folder for the PNG plots")
+    demo.add_argument("--out", default="demo-output",
+                      help="folder for the PNG plots (and --task lm's tokenizer cache)")
     demo.add_argument("--devices", type=_positive_int, default=1,
                       help="data-parallel over this many devices (CPU: split the host)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="--task lm: training steps (default 150)")
+    demo.add_argument("--vocab-size", type=_at_least(260), default=None,
+                      help="--task lm: BPE vocabulary size (default 32768)")
+    demo.add_argument("--max-files", type=_at_least(2), default=None,
+                      help="--task lm: use only this many standard-library files "
+                      "(default: all)")
     demo.set_defaults(run=_demo)
     return parser
 

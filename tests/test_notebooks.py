@@ -34,8 +34,19 @@ OUTLINE = {
         "Understanding Siamese networks and how contrastive loss fits in",
         "Implementing contrastive loss with PyTorch/TensorFlow",
     ],
+    "04_language_model.ipynb": [
+        "Training a language model",
+        "The data and the tokenizer",
+        "The model",
+        "Why the loss is fused",
+        "Training and sampling",
+    ],
 }
 NAMES = sorted(OUTLINE)
+# Notebooks whose training loop outweighs their compiles run at XLA's default LLVM
+# optimization level rather than the suite's level 0 (tests/conftest.py): measured on
+# 2 cores, notebook 04's training cell takes 10 s there against 21 s at level 0.
+COMPUTE_BOUND = {"04_language_model.ipynb"}
 
 
 def _load(name: str) -> dict:
@@ -74,7 +85,8 @@ def test_notebook_is_small(name):
 def test_notebook_follows_the_outline(name):
     headings = _headings(_load(name))
     positions = []
-    for level, title in zip([1, 2, 2, 2], OUTLINE[name], strict=True):
+    levels = [1] + [2] * (len(OUTLINE[name]) - 1)
+    for level, title in zip(levels, OUTLINE[name], strict=True):
         matches = [i for i, (lvl, text) in enumerate(headings)
                    if lvl == level and text.endswith(title)]
         assert matches, f"{name} has no level-{level} heading {title!r}; it has {headings}"
@@ -120,6 +132,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     # The kernel is a user's: without the 4 fake CPU devices of conftest.py.
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                    os.environ.get("XLA_FLAGS", "")).strip()
+    if name in COMPUTE_BOUND:
+        flags = re.sub(r"--xla_backend_optimization_level=\d+", "", flags).strip()
     monkeypatch.setenv("XLA_FLAGS", flags)
 
     work = tmp_path / "notebooks"

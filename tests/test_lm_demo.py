@@ -1,0 +1,272 @@
+"""`jaxloss demo --task lm` and jaxloss.lm_demo: a tiny end-to-end run of the command, the
+tokenizer cache, the split by file, the unigram baseline, the two losses it compares and
+the memory claim at the default size.
+
+The tiny run (80 files, V = 512, 6 steps) is too small for the perplexity threshold, so the
+command must exit 1 and say so; the full-size figures are the docs page's, which the last
+test holds to the thresholds.
+"""
+
+import contextlib
+import io
+import math
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import pytest
+
+from jaxloss import cli, lm_demo
+
+matplotlib.use("Agg")
+
+import matplotlib.image  # noqa: E402
+
+PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "language_model.md"
+TINY = ["--vocab-size", "512", "--max-files", "80", "--steps", "6"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny `jaxloss demo --task lm`: (exit code, stdout, stderr, out folder)."""
+    out = tmp_path_factory.mktemp("lm") / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["demo", "--task", "lm", *TINY, "--out", str(out), "--quiet"])
+    return code, stdout.getvalue(), stderr.getvalue(), out
+
+
+def _field(stdout, name):
+    """The text after ``name: `` on its line of the report."""
+    (line,) = [line for line in stdout.splitlines() if line.startswith(name + ": ")]
+    return line[len(name) + 2:]
+
+
+def _number(text):
+    return float(re.match(r"[-+0-9.,e]+", text).group(0).replace(",", ""))
+
+
+def test_tiny_run_reports_every_figure_and_fails_the_perplexity_threshold(tiny_run):
+    code, stdout, stderr, out = tiny_run
+    # At 6 steps the model is no better than the unigram baseline: the demo says so.
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert "jaxloss demo: error: --task lm: validation perplexity" in stderr
+    assert "unigram perplexity" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not any(line.startswith("step ") for line in stdout.splitlines())  # --quiet
+
+    assert "V = 512" in _field(stdout, "tokenizer")
+    assert "trained and encoded" in _field(stdout, "tokenizer")  # a cold cache
+    train, val = _number(_field(stdout, "train loss")), _number(_field(stdout, "validation loss"))
+    assert 0 < train < 2 * math.log(512) and 0 < val < 2 * math.log(512)
+    ppl = _number(_field(stdout, "validation perplexity"))
+    unigram_text = _field(stdout, "unigram perplexity")
+    unigram = _number(unigram_text)
+    assert 1 < ppl and 1 < unigram < 512
+    printed_ratio = float(re.search(r"ratio ([0-9.]+)", unigram_text).group(1))
+    assert printed_ratio == pytest.approx(ppl / unigram, abs=2e-3)  # of the rounded figures
+    assert _number(_field(stdout, "training")) > 0
+    assert "tokens/s" in _field(stdout, "training")
+
+    memory = _field(stdout, "train step temp memory")
+    fused, materialized, ratio = (float(x) for x in re.match(
+        r"fused ([0-9.]+) MiB, materialized ([0-9.]+) MiB, ratio ([0-9.]+)", memory).groups())
+    assert 0 < fused < materialized
+    assert ratio == pytest.approx(fused / materialized, abs=2e-3)
+
+    assert _field(stdout, "sample").startswith("'def __init__(self")
+    png = out / "lm_loss.png"
+    assert _field(stdout, "plot") == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert float(np.std(image[..., :3])) > 0.01
+
+
+def test_a_second_run_reads_the_tokenizer_and_tokens_from_the_cache(tiny_run, monkeypatch):
+    out = tiny_run[3]
+    (folder,) = (out / "lm-cache").iterdir()
+    written = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+    assert set(written) == {"tokenizer.json", "train.npy", "validation.npy", "meta.json"}
+
+    def never(*args, **kwargs):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(lm_demo, "train_tokenizer", never)
+    monkeypatch.setattr(lm_demo, "encode_files", never)
+    corpus = lm_demo.prepare_corpus(out / "lm-cache", vocab_size=512, max_files=80)
+    assert corpus.cached
+    assert corpus.vocab_size == 512
+    assert {f.name: f.stat().st_mtime_ns for f in folder.iterdir()} == written
+    for stream in (corpus.train, corpus.validation):
+        assert stream.dtype == np.int32
+        assert 0 <= stream.min() and stream.max() < 512
+    # Each file's tokens end with the separator.
+    eot = corpus.tokenizer.token_to_id(lm_demo.END_OF_TEXT)
+    assert np.sum(corpus.validation == eot) == len(corpus.validation_files)
+    assert corpus.validation[-1] == eot
+
+
+PATHS = [f"pkg{i % 7}/module_{i}.py" for i in range(300)]
+
+
+def test_split_is_by_file_deterministic_and_independent_of_the_other_files():
+    train, validation = lm_demo.split_by_file(PATHS, validation_fraction=0.2)
+    assert not set(train) & set(validation)
+    assert sorted(train + validation) == sorted(PATHS)
+    assert train == sorted(train) and validation == sorted(validation)
+    assert 0.1 < len(validation) / len(PATHS) < 0.3
+    # The same split whatever the order, and a file's side depends on its name only.
+    assert lm_demo.split_by_file(PATHS[::-1], validation_fraction=0.2) == (train, validation)
+    half_train, half_validation = lm_demo.split_by_file(PATHS[::2], validation_fraction=0.2)
+    assert set(half_validation) == set(validation) & set(PATHS[::2])
+    assert set(half_train) == set(train) & set(PATHS[::2])
+
+
+def test_max_files_keeps_a_deterministic_sample_and_each_side_nonempty():
+    train, validation = lm_demo.split_by_file(PATHS, max_files=40)
+    assert len(train) + len(validation) == 40
+    assert lm_demo.split_by_file(PATHS[::-1], max_files=40) == (train, validation)
+    assert set(train + validation) < set(PATHS)
+    # A sample spread over the list, not its first 40 names.
+    assert max(int(p.split("_")[1][:-3]) for p in train + validation) > 100
+    for n in (2, 3, 5):
+        train, validation = lm_demo.split_by_file(PATHS, max_files=n)
+        assert train and validation and len(train) + len(validation) == n
+    with pytest.raises(ValueError, match="max_files"):
+        lm_demo.split_by_file(PATHS, max_files=1)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        lm_demo.split_by_file(PATHS, validation_fraction=1.0)
+
+
+def test_the_stdlib_sources_are_python_files_without_site_packages():
+    sources = lm_demo.stdlib_sources()
+    assert sources == sorted(sources)
+    assert "os.py" in sources and "json/__init__.py" in sources
+    assert all(p.endswith(".py") and "site-packages" not in p for p in sources)
+
+
+def test_unigram_perplexity_by_hand():
+    # Counts of tokens 0, 1, 2 in the training stream: 2, 1, 0 (N = 3, V = 3), so with
+    # add-one smoothing p = 3/6, 2/6, 1/6. Targets 0 and 2 (the -100 is skipped):
+    # exp(-(log 1/2 + log 1/6) / 2) = sqrt(12).
+    value = lm_demo.unigram_perplexity(np.array([0, 0, 1]), np.array([[0, 2, -100]]), 3)
+    assert value == pytest.approx(math.sqrt(12), rel=1e-12)
+    # A uniform training stream gives perplexity V on anything.
+    assert lm_demo.unigram_perplexity(np.arange(5), np.array([4, 4, 1]), 5) == pytest.approx(5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        lm_demo.unigram_perplexity(np.array([0, 7]), np.array([0]), 3)
+
+
+def test_fused_and_materialized_losses_agree():
+    """The memory comparison is between two computations of the same loss."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    hidden = 3 * jax.random.normal(keys[0], (48, 16))
+    weight = jax.random.normal(keys[1], (16, 300))
+    labels = jax.random.randint(keys[2], (48,), 0, 300).at[::5].set(lm_demo.IGNORE_INDEX)
+
+    def value_and_grads(loss):
+        return jax.value_and_grad(lambda h, w: loss(h, w, labels), argnums=(0, 1),
+                                  has_aux=True)(hidden, weight)
+
+    (fused, fused_metrics), fused_grads = value_and_grads(lm_demo.fused_loss)
+    (dense, dense_metrics), dense_grads = value_and_grads(lm_demo.materialized_loss)
+    np.testing.assert_allclose(fused, dense, rtol=1e-5)
+    for name in ("ce", "accuracy"):
+        np.testing.assert_allclose(fused_metrics[name], dense_metrics[name], rtol=1e-5)
+    assert float(fused) > float(fused_metrics["ce"])  # the z-term is in the loss
+    for a, b in zip(fused_grads, dense_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.cpu_backend_only(reason="the memory ratio is measured for the CPU backend")
+def test_fused_step_needs_under_a_quarter_of_the_materialized_steps_memory():
+    """At the command's default size (V = 32768, 16 x 128 tokens), compiled only."""
+    config = lm_demo.LMConfig()
+    model = lm_demo.build_model(config, config.vocab_size)
+    graphdef, params = lm_demo.nnx.split(model)
+    optimizer = lm_demo.make_optimizer(config)
+    opt_state = optimizer.init(params)
+    tokens = jnp.zeros((config.batch_size, config.seq_len), jnp.int32)
+    fused, materialized = (
+        lm_demo.temp_bytes(lm_demo.compile_step(lm_demo.make_train_step(graphdef, optimizer, loss),
+                                                params, opt_state, tokens))
+        for loss in (lm_demo.fused_loss, lm_demo.materialized_loss))
+    # The logits alone take 2048 x 32768 x 4 bytes = 256 MiB.
+    assert materialized > 256 * 2**20
+    assert fused <= materialized / 4, (fused / 2**20, materialized / 2**20)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--task", "lm", "--epochs", "2"], ["--epochs 2", "--task lm"]),
+    (["--task", "lm", "--devices", "2"], ["--devices 2", "--task lm"]),
+    (["--task", "binary", "--steps", "5"], ["--steps 5", "--task lm"]),
+    (["--task", "all", "--max-files", "5"], ["--max-files 5", "--task lm"]),
+], ids=["lm-epochs", "lm-devices", "binary-steps", "all-max-files"])
+def test_options_of_the_other_kind_of_task_exit_2(args, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(lm_demo, "run", _never)
+    monkeypatch.setattr(cli, "run_demo_task", _never)
+    assert cli.main(["demo", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    for word in words:
+        assert word in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["--vocab-size", "100"], ["--max-files", "1"],
+                                  ["--steps", "0"]])
+def test_bad_lm_numbers_exit_2(args, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(lm_demo, "run", _never)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--task", "lm", *args, "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert args[0] in capsys.readouterr().err
+
+
+def test_task_all_runs_the_four_mlp_tasks_and_not_the_lm(tmp_path, capsys, monkeypatch):
+    ran = []
+
+    def fake(task, **kwargs):
+        ran.append(task.name)
+        return {"task": task.name, "loss": task.loss_name, "dataset": "d", "train_loss": 1.0,
+                "metric_name": task.metric_name, "metric": 1.0, "seconds": 0.0,
+                "history": [], "embedding": None}
+
+    monkeypatch.setattr(cli, "run_demo_task", fake)
+    monkeypatch.setattr(cli, "_plot", lambda results, out: [])
+    monkeypatch.setattr(lm_demo, "run", _never)
+    assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    assert ran == ["regression", "binary", "multiclass", "siamese"]
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("trained")
+
+
+def _table(page):
+    """The measured table of the docs page: {row name: [cells]}."""
+    rows = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and not set(cells[0]) <= {"-", ""}:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_docs_figures_meet_the_thresholds():
+    rows = _table(PAGE.read_text())
+    runs = len(rows["validation perplexity"])
+    assert runs >= 1
+    for i in range(runs):
+        ppl = _number(rows["validation perplexity"][i])
+        unigram = _number(rows["unigram perplexity (same tokens)"][i])
+        assert ppl <= unigram / 2
+        fused = _number(rows["train step temp memory, fused (MiB)"][i])
+        materialized = _number(rows["train step temp memory, materialized (MiB)"][i])
+        assert fused <= materialized / 4
+        assert _number(rows["wall time, cold cache (s)"][i]) <= 180
