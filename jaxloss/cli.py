@@ -244,7 +244,9 @@ def _demo(args: argparse.Namespace) -> int:
                  + [f"--devices {args.devices}"] * (args.devices != 1)) if lm else (
         [f"--steps {args.steps}"] * (args.steps is not None)
         + [f"--vocab-size {args.vocab_size}"] * (args.vocab_size is not None)
-        + [f"--max-files {args.max_files}"] * (args.max_files is not None))
+        + [f"--max-files {args.max_files}"] * (args.max_files is not None)
+        + [f"--size {args.size}"] * (args.size != "default")
+        + [f"--fit-memory {args.fit_memory}"] * (args.fit_memory is not None))
     if misplaced:
         which = "--task lm" if lm else "the MLP tasks"
         other = "the MLP tasks" if lm else "--task lm"
@@ -296,7 +298,8 @@ def _demo_lm(args: argparse.Namespace, out: pathlib.Path) -> int:
     :mod:`jaxloss.lm_demo`; exit 1 when a promised figure does not hold."""
     from jaxloss import lm_demo
 
-    config = lm_demo.LMConfig(seed=args.seed)
+    base = lm_demo.LARGE if args.size == "large" else lm_demo.LMConfig()
+    config = dataclasses.replace(base, seed=args.seed)
     overrides = {"steps": args.steps, "vocab_size": args.vocab_size,
                  "max_files": args.max_files}
     config = dataclasses.replace(
@@ -307,6 +310,8 @@ def _demo_lm(args: argparse.Namespace, out: pathlib.Path) -> int:
         if not args.quiet or not line.startswith("step "):
             print(line, flush=True)
 
+    if args.fit_memory is not None:
+        return _fit_memory(lm_demo, config, args.fit_memory)
     try:
         lm_demo.run(config, out, log=log)
     except lm_demo.ThresholdError as e:
@@ -318,8 +323,40 @@ def _demo_lm(args: argparse.Namespace, out: pathlib.Path) -> int:
     return 0
 
 
+def _fit_memory(lm_demo: Any, config: Any, gib: float) -> int:
+    """``--fit-memory GIB``: the largest batch of each train step in that much device
+    memory (compiled, never run)."""
+    import jax
+
+    budget = int(gib * 2**30)
+    print(f"the largest batch whose whole train step fits in {gib:g} GiB on "
+          f"{jax.default_backend()} ({jax.devices()[0].device_kind}): "
+          f"{config.num_layers} layers, d_model {config.d_model}, context {config.seq_len}, "
+          f"V = {config.vocab_size}; XLA memory_analysis of the compiled step, not run",
+          flush=True)
+    rows = []
+    for name, loss in (("fused (jaxloss)", lm_demo.fused_loss),
+                       ("materialized (optax)", lm_demo.materialized_loss)):
+        began = time.perf_counter()
+        batch, footprint = lm_demo.largest_batch(config, config.vocab_size, loss, budget)
+        rows.append((name, str(batch), f"{batch * config.seq_len:,}",
+                     f"{footprint / 2**30:.2f}", f"{time.perf_counter() - began:.0f}"))
+    _print_table(("train step", "batch (sequences)", "tokens", "GiB used", "search s"), rows)
+    return 0
+
+
 # ---------------------------------------------------------------------------------
 # The parser.
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -378,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-files", type=_at_least(2), default=None,
                       help="--task lm: use only this many standard-library files "
                       "(default: all)")
+    demo.add_argument("--size", choices=("default", "large"), default="default",
+                      help="--task lm: the model and batch (large: for an accelerator)")
+    demo.add_argument("--fit-memory", type=_positive_float, default=None, metavar="GIB",
+                      help="--task lm: instead of training, report the largest batch whose "
+                      "train step (fused, and optax on materialized logits) fits in GIB of "
+                      "device memory")
     demo.set_defaults(run=_demo)
     return parser
 

@@ -43,17 +43,21 @@ if TYPE_CHECKING:
 __all__ = [
     "END_OF_TEXT",
     "IGNORE_INDEX",
+    "LARGE",
     "LOSS_OPTIONS",
     "Corpus",
     "LMConfig",
     "TransformerLM",
+    "bisect_largest",
     "fused_loss",
     "greedy_sample",
+    "largest_batch",
     "make_train_step",
     "materialized_loss",
     "prepare_corpus",
     "run",
     "split_by_file",
+    "step_footprint",
     "stdlib_sources",
     "train_tokenizer",
     "unigram_perplexity",
@@ -96,6 +100,13 @@ class LMConfig:
     sample_tokens: int = 40
     prompt: str = "def __init__(self"
     seed: int = 0
+
+
+LARGE = LMConfig(steps=2000, batch_size=32, seq_len=512, d_model=512, num_heads=8,
+                 num_layers=8, learning_rate=1e-3, warmup_steps=100, eval_every=200)
+"""A configuration for an accelerator (``jaxloss demo --task lm --size large``): 8
+blocks of ``d_model`` 512 over a context of 512 tokens, 59 M parameters at
+V = 32768; far too slow for a CPU."""
 
 
 # ---------------------------------------------------------------------------------
@@ -480,6 +491,53 @@ def compile_step(step: Step, params: Any, opt_state: Any, tokens: jax.Array) -> 
 def temp_bytes(compiled: Any) -> int:
     """The temporary memory XLA assigned to a compiled function."""
     return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def step_footprint(compiled: Any) -> int:
+    """The bytes a compiled step needs on its device: its arguments (parameters,
+    optimizer state, batch), its outputs less those that reuse a donated argument's
+    buffer, and its temporaries (XLA's ``memory_analysis``)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
+
+
+def largest_batch(config: LMConfig, vocab_size: int, loss: LossFn, budget_bytes: int, *,
+                  limit: int = 1 << 16) -> tuple[int, int]:
+    """The largest batch (sequences of ``config.seq_len`` tokens, at most ``limit``)
+    whose whole compiled train step fits in ``budget_bytes`` by
+    :func:`step_footprint`, and that footprint; ``(0, footprint of one)`` when none
+    does. Compiles only (doubling, then bisection), for JAX's default backend: XLA
+    assigns buffers per backend, so a GPU's answer comes from a run on the GPU."""
+    graphdef, params = nnx.split(build_model(config, vocab_size))
+    optimizer = make_optimizer(config)
+    opt_state = optimizer.init(params)
+    step = jax.jit(make_train_step(graphdef, optimizer, loss), donate_argnums=(0, 1))
+
+    def footprint(batch: int) -> int:
+        tokens = jax.ShapeDtypeStruct((batch, config.seq_len), jnp.int32)
+        return step_footprint(step.lower(params, opt_state, tokens).compile())
+
+    return bisect_largest(footprint, budget_bytes, limit)
+
+
+def bisect_largest(footprint: Callable[[int], int], budget: int,
+                   limit: int) -> tuple[int, int]:
+    """The largest ``b`` in ``[1, limit]`` with ``footprint(b) <= budget`` for a
+    footprint that grows with ``b``, and that footprint (``(0, footprint(1))`` when none
+    fits): doubling from 1, then bisection, about ``2 log2(b)`` calls."""
+    low, high = 0, 1
+    sizes = {1: footprint(1)}
+    while sizes[high] <= budget and high < limit:
+        low, high = high, min(2 * high, limit)
+        sizes[high] = footprint(high)
+    if sizes[high] <= budget:
+        return high, sizes[high]
+    while high - low > 1:  # low fits (or is 0), high does not
+        middle = (low + high) // 2
+        sizes[middle] = footprint(middle)
+        low, high = (middle, high) if sizes[middle] <= budget else (low, middle)
+    return low, sizes[low] if low else sizes[1]
 
 
 def make_eval_step(graphdef: Any) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:

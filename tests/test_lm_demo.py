@@ -206,7 +206,8 @@ def test_fused_step_needs_under_a_quarter_of_the_materialized_steps_memory():
     (["--task", "lm", "--devices", "2"], ["--devices 2", "--task lm"]),
     (["--task", "binary", "--steps", "5"], ["--steps 5", "--task lm"]),
     (["--task", "all", "--max-files", "5"], ["--max-files 5", "--task lm"]),
-], ids=["lm-epochs", "lm-devices", "binary-steps", "all-max-files"])
+    (["--task", "binary", "--fit-memory", "1"], ["--fit-memory 1", "--task lm"]),
+], ids=["lm-epochs", "lm-devices", "binary-steps", "all-max-files", "binary-fit-memory"])
 def test_options_of_the_other_kind_of_task_exit_2(args, words, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(lm_demo, "run", _never)
     monkeypatch.setattr(cli, "run_demo_task", _never)
@@ -219,7 +220,8 @@ def test_options_of_the_other_kind_of_task_exit_2(args, words, tmp_path, capsys,
 
 
 @pytest.mark.parametrize("args", [["--vocab-size", "100"], ["--max-files", "1"],
-                                  ["--steps", "0"]])
+                                  ["--steps", "0"], ["--fit-memory", "0"],
+                                  ["--fit-memory", "inf"], ["--size", "huge"]])
 def test_bad_lm_numbers_exit_2(args, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(lm_demo, "run", _never)
     with pytest.raises(SystemExit) as info:
@@ -270,3 +272,39 @@ def test_the_docs_figures_meet_the_thresholds():
         materialized = _number(rows["train step temp memory, materialized (MiB)"][i])
         assert fused <= materialized / 4
         assert _number(rows["wall time, cold cache (s)"][i]) <= 180
+
+
+@pytest.mark.parametrize("limit", [1, 7, 64, 1000])
+def test_bisect_largest_finds_the_last_batch_that_fits(limit):
+    """Against every budget of a stepped, growing footprint (padding makes equal steps)."""
+    def footprint(b):
+        calls.append(b)
+        return 100 + 40 * ((b + 3) // 4) + b
+
+    for budget in range(0, 1500, 7):
+        calls = []
+        batch, used = lm_demo.bisect_largest(footprint, budget, limit)
+        searched = len(calls)
+        fitting = [b for b in range(1, limit + 1) if footprint(b) <= budget]
+        assert batch == (max(fitting) if fitting else 0), budget
+        assert used == footprint(max(batch, 1))
+        assert searched <= 2 * math.log2(limit) + 2
+
+
+def test_largest_batch_compiles_the_whole_step():
+    """One real search: the budget of the materialized step at one sequence fits two
+    sequences of the fused step, whose footprint is dominated by the parameters and
+    AdamW's state."""
+    from flax import nnx
+
+    config = lm_demo.LMConfig(d_model=16, num_heads=2, num_layers=1, seq_len=16)
+    vocab = 16384  # each sequence's [16, V] logits: 1 MiB, and as much again in bwd
+    graphdef, params = nnx.split(lm_demo.build_model(config, vocab))
+    optimizer = lm_demo.make_optimizer(config)
+    step = jax.jit(lm_demo.make_train_step(graphdef, optimizer, lm_demo.materialized_loss),
+                   donate_argnums=(0, 1))
+    tokens = jax.ShapeDtypeStruct((1, config.seq_len), jnp.int32)
+    one = lm_demo.step_footprint(step.lower(params, optimizer.init(params), tokens).compile())
+    budget = one + 4096  # the two steps' footprints at one sequence differ by a few bytes
+    assert lm_demo.largest_batch(config, vocab, lm_demo.materialized_loss, budget) == (1, one)
+    assert lm_demo.largest_batch(config, vocab, lm_demo.fused_loss, budget, limit=2)[0] == 2
