@@ -436,9 +436,7 @@ def _scan_stats(
     starts = _chunk_starts(vocab, chunk, labels.dtype)
     (m, s, x_label, x_sum, count, t), _outputs = jax.lax.scan(step, init, starts)
     if axis_name is not None:
-        if entropy:
-            top = _softmax.finite_shift(jax.lax.pmax(jax.lax.stop_gradient(m), axis_name))
-            t = jax.lax.psum(_rescaled_t(m, s, t, top), axis_name)
+        assert not entropy  # linear_log_probs has no vocabulary parallelism (yet)
         m, s = _softmax.combine(m, s, axis_name)
         x_label = jax.lax.psum(x_label, axis_name)
         if smoothing:
@@ -993,6 +991,15 @@ def _log_probs_bwd(
 _log_probs.defvjp(_log_probs_fwd, _log_probs_bwd)
 
 
+def _check_log_probs(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+                     bias: ArrayLike | None = None, softcap: float | None = None,
+                     temperature: float = 1.0, return_entropy: bool = False,
+                     ignore_index: int | None = None, chunk_size: int | None = None,
+                     precision: _validate.Precision = None) -> None:
+    check_labels("labels", labels, jnp.shape(weight)[-1], ignore_index)
+
+
+@register_checks(_check_log_probs)
 @_validate.jit(static_argnames=("softcap", "temperature", "return_entropy", "ignore_index",
                                "chunk_size", "precision"),
                checks={"precision": _validate.check_precision,
@@ -1062,7 +1069,8 @@ def linear_log_probs(
     Returns:
       ``log_probs`` (``labels.shape``, in ``promote_types(hidden.dtype, weight.dtype,
       float32)``), or ``(log_probs, entropy)`` with ``return_entropy=True``. A label
-      outside ``[0, V)`` (other than ``ignore_index``) gives NaN.
+      outside ``[0, V)`` (other than ``ignore_index``) gives NaN: wrap in
+      :func:`jaxloss.checked` to raise instead.
 
     Examples:
       >>> import jax.numpy as jnp

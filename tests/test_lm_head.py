@@ -872,3 +872,11 @@ def test_linear_ce_axis_name(mesh, on_cpu):
         h, w, labels, bias=b, where=ROW_MASK, ignore_index=-100, label_smoothing=0.1, **HEAD),
         HIDDEN, WEIGHT, BIAS)
     chex.assert_trees_all_close(got[0][0], np.asarray(want_rows, np.float32), **F32_TOL)
+
+
+def test_checked_linear_log_probs_raises_on_a_bad_label():
+    checked = jaxloss.checked(jaxloss.linear_log_probs)
+    with pytest.raises(Exception, match=r"labels must be class ids in \[0, 24\)"):
+        checked(HIDDEN, WEIGHT, np.where(np.arange(N) == 1, V + 3, LINEAR_LABELS))
+    ok = checked(HIDDEN, WEIGHT, with_ignored(LINEAR_LABELS), ignore_index=-100)
+    assert np.all(np.isfinite(np.asarray(ok)))
