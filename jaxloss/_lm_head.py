@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxloss._math import times as _times
+
 __all__ = ["CrossEntropyAux", "Head", "head"]
 
 
@@ -124,15 +126,23 @@ def transform(x: jax.Array, h: Head | None) -> jax.Array:
     return x
 
 
+def sech2(u: jax.Array) -> jax.Array:
+    r""":math:`\operatorname{sech}^2 u = 4a/(1 + a)^2` with :math:`a = e^{-2|u|} \in
+    [0, 1]`: full relative precision where :math:`1 - \tanh^2 u` would cancel, and
+    neither it nor its derivative overflows, even at :math:`u = \pm\infty` (where
+    :math:`1/\cosh^2` differentiates to inf/inf)."""
+    a = jnp.exp(-2 * jnp.abs(u))
+    return 4 * a / jnp.square(1 + a)
+
+
 def transform_grad(d: jax.Array, x: jax.Array, h: Head | None) -> jax.Array:
-    """``d`` (the gradient with respect to :math:`x'`) times
-    :math:`\\partial x'/\\partial x = \\operatorname{sech}^2(x/c)/\\tau` at the raw logits
-    ``x``. The square of :math:`1/\\cosh` keeps its relative precision where
-    :math:`1 - \\tanh^2` would cancel, and underflows to 0 (not NaN) far out."""
+    r"""``d`` (the gradient with respect to :math:`x'`) times
+    :math:`\partial x'/\partial x = \operatorname{sech}^2(x/c)/\tau` at the raw logits
+    ``x``; 0 where ``d`` is 0, even where ``x`` is NaN (an ignored or masked entry)."""
     if h is None:
         return d
     if h.softcap is not None:
-        d = d * jnp.square(1 / jnp.cosh(x / h.softcap))
+        d = _times(d, sech2(x / h.softcap))
     if h.temperature != 1:
         d = d / h.temperature
     return d

@@ -880,3 +880,39 @@ def test_checked_linear_log_probs_raises_on_a_bad_label():
         checked(HIDDEN, WEIGHT, np.where(np.arange(N) == 1, V + 3, LINEAR_LABELS))
     ok = checked(HIDDEN, WEIGHT, with_ignored(LINEAR_LABELS), ignore_index=-100)
     assert np.all(np.isfinite(np.asarray(ok)))
+
+
+def test_softcap_gives_no_gradient_to_nan_entries_that_are_left_out():
+    """A NaN logit (or hidden state) on an ignored row, or a NaN logit of a class that
+    `where` masks, reaches no gradient with softcap on, as without it."""
+    logits = np.array([[np.nan, 0.0, 1.0], [1.0, 2.0, 3.0]], np.float32)
+    grad = jax.grad(lambda x: ice(x, np.array([-100, 0]), ignore_index=-100, softcap=5.0,
+                                  reduction="sum"))(logits)
+    np.testing.assert_array_equal(np.asarray(grad)[0], 0.0)
+    assert np.all(np.isfinite(np.asarray(grad)))
+    masked = np.array([[1.0, 2.0, np.nan]], np.float32)
+    grad = jax.grad(lambda x: ice(x, np.array([0]), where=np.array([[True, True, False]]),
+                                  softcap=5.0, reduction="sum"))(masked)
+    assert np.all(np.isfinite(np.asarray(grad))) and float(grad[0, 2]) == 0.0
+    hidden = np.array([[1.0, 0.0], [np.nan, 1.0]], np.float32)
+    weight = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, 1.0]], np.float32)
+    labels = np.array([0, -100])
+    for f in (lambda w: lce(hidden, w, labels, ignore_index=-100, softcap=5.0, reduction="sum"),
+              lambda w: jnp.sum(llp(hidden, w, labels, ignore_index=-100, softcap=5.0))):
+        assert np.all(np.isfinite(np.asarray(jax.grad(f)(weight))))
+
+
+def test_softcap_second_derivatives_are_finite_far_out_and_at_neg_inf():
+    """sech² and its derivative stay finite where cosh overflows (|x/c| > 89 in
+    float32) and at -inf (a masked class; the slid-back chunk's repeated columns)."""
+    x = np.array([[1.0, -np.inf, 500.0, 2.0]], np.float32)
+    for f in (lambda v: ice(v, np.array([0]), softcap=5.0, z_loss=1e-3).sum(),
+              lambda v: dce(v, np.array([[1.0, 0, 0, 0]], np.float32), softcap=5.0).sum()):
+        assert np.all(np.isfinite(np.asarray(jax.hessian(f)(x))))
+    rng = np.random.default_rng(3)
+    h, w = rng.normal(size=(3, 4)), rng.normal(size=(4, 12)) * 3
+    labels = np.array([1, 5, 11])
+    with jax.enable_x64(True):
+        for f in (lambda v: lce(v, w, labels, chunk_size=5, softcap=2.0, reduction="sum"),
+                  lambda v: jnp.sum(llp(v, w, labels, chunk_size=5, softcap=2.0))):
+            assert np.all(np.isfinite(np.asarray(jax.hessian(f)(h))))
