@@ -110,20 +110,41 @@ def head(softcap: float | None, temperature: float, z_loss: float) -> Head | Non
 
 
 def transforms(h: Head | None) -> bool:
-    """Whether the logits are changed before the softmax."""
+    """Whether the logits are changed before the softmax (softcap or temperature)."""
     return h is not None and (h.softcap is not None or h.temperature != 1)
 
 
+def caps(h: Head | None) -> bool:
+    """Whether the logits are softcapped."""
+    return h is not None and h.softcap is not None
+
+
+def beta(h: Head | None) -> float | None:
+    """The inverse temperature :math:`1/\\tau`, or None at :math:`\\tau = 1`.
+
+    The temperature is not applied to the logits: the softmax machinery
+    (:mod:`jaxloss._softmax`, ``beta=``) scales differences of logits,
+    :math:`(x - m)/\\tau`, never the logits themselves. :math:`x/\\tau - m/\\tau`
+    rounds each quotient apart (or fuses one into a multiply-add), so that at logits of
+    1e30 the row's maximum would sit 1e22 away from itself and its exponential overflow.
+    """
+    return None if h is None or h.temperature == 1 else 1 / h.temperature
+
+
 def transform(x: jax.Array, h: Head | None) -> jax.Array:
-    """:math:`x' = c \\tanh(x / c) / \\tau`, ``-inf`` kept."""
-    if h is None:
+    """The softcapped logits :math:`c \\tanh(x / c)`, ``-inf`` kept (the temperature is
+    :func:`beta`'s)."""
+    if h is None or h.softcap is None:
         return x
-    if h.softcap is not None:
-        c = h.softcap
-        x = jnp.where(jnp.isneginf(x), x, c * jnp.tanh(x / c))
-    if h.temperature != 1:
-        x = x / h.temperature
-    return x
+    c = h.softcap
+    return jnp.where(jnp.isneginf(x), x, c * jnp.tanh(x / c))
+
+
+def lse(h: Head | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
+    """:math:`\\mathrm{lse}(x') = m/\\tau + \\log s` from the normalizer of the
+    softcapped logits."""
+    b = beta(h)
+    return m + log_s if b is None else b * m + log_s
 
 
 def sech2(u: jax.Array) -> jax.Array:
@@ -153,8 +174,8 @@ def z_coefficient(h: Head | None, m: jax.Array, log_s: jax.Array) -> jax.Array |
     the gradient (0 on a row with no class; None without z-loss)."""
     if h is None or h.z_loss == 0:
         return None
-    lse = m + log_s
-    return jnp.where(jnp.isfinite(lse), 2 * h.z_loss * lse, 0)
+    value = lse(h, m, log_s)
+    return jnp.where(jnp.isfinite(value), 2 * h.z_loss * value, 0)
 
 
 def z_term(h: Head | None, m: jax.Array, log_s: jax.Array) -> jax.Array | None:
@@ -163,21 +184,23 @@ def z_term(h: Head | None, m: jax.Array, log_s: jax.Array) -> jax.Array | None:
     class; None without z-loss)."""
     if h is None or h.z_loss == 0:
         return None
-    lse = m + log_s
-    return jnp.where(jnp.isfinite(lse), jnp.square(math.sqrt(h.z_loss) * lse), 0)
+    value = lse(h, m, log_s)
+    return jnp.where(jnp.isfinite(value), jnp.square(math.sqrt(h.z_loss) * value), 0)
 
 
 def aux(h: Head | None, m: jax.Array, log_s: jax.Array, label_logit: jax.Array,
         keep: jax.Array | None) -> CrossEntropyAux:
     """The per-row statistics from the normalizer :math:`(m, \\log s)` and the label's
-    logit, without gradient, zeroed on the rows not kept."""
+    logit, both of the softcapped logits before the temperature (:func:`beta`), without
+    gradient, zeroed on the rows not kept."""
     m, log_s, label_logit = jax.lax.stop_gradient((m, log_s, label_logit))
-    lse = m + log_s
+    value = lse(h, m, log_s)
     z = z_term(h, m, log_s)
+    b = beta(h)
     fields = CrossEntropyAux(
-        lse=lse, z_loss=jnp.zeros_like(lse) if z is None else z,
+        lse=value, z_loss=jnp.zeros_like(value) if z is None else z,
         correct=(label_logit >= m) & jnp.isfinite(label_logit),
-        label_logit=label_logit)
+        label_logit=label_logit if b is None else b * label_logit)
     if keep is None:
         return fields
     return CrossEntropyAux(*(jnp.where(keep, f, jnp.zeros((), f.dtype)) for f in fields))

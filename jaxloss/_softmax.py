@@ -39,7 +39,8 @@ def finite_shift(m: jax.Array) -> jax.Array:
 
 
 def normalizer(
-    x: jax.Array, dtype: jnp.dtype, *, axis: int = -1, block: int | None = None
+    x: jax.Array, dtype: jnp.dtype, *, axis: int = -1, block: int | None = None,
+    beta: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""``(m, log s)`` of ``x`` along ``axis`` (kept as a size-1 axis), in ``dtype``.
 
@@ -49,31 +50,46 @@ def normalizer(
     where XLA fuses it instead of copying ``x``. With ``block`` (a divisor of the last
     axis, ``axis=-1`` only) the row is reduced in blocks of that many entries and the
     blocks' sums rescaled to the row's max: the same sum, which XLA's CPU backend runs
-    much faster for very long rows."""
+    much faster for very long rows.
+
+    With ``beta`` (an inverse temperature) the normalizer is that of :math:`\beta x`:
+    :math:`\log s = \log \sum e^{\beta (x - m)}` with ``m`` still the max of ``x``
+    itself, so that :math:`\mathrm{lse}(\beta x) = \beta m + \log s`. The difference is
+    taken before the product: :math:`\beta x - \beta m` would round the two products
+    apart (or fuse one into a multiply-add), and at the max, at 1e30, be 1e22 instead
+    of 0."""
     if block is None:
         m = jnp.max(x, axis=axis, keepdims=True).astype(dtype)
         m = jax.lax.stop_gradient(finite_shift(m))
-        log_s = jnp.log(jnp.sum(jnp.exp(x.astype(dtype) - m), axis=axis, keepdims=True))
+        log_s = jnp.log(jnp.sum(jnp.exp(_scaled(x.astype(dtype) - m, beta)), axis=axis,
+                                keepdims=True))
         return m, log_s
     xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
     block_max = jax.lax.stop_gradient(jnp.max(xb, axis=-1).astype(dtype))
-    block_sum = jnp.sum(jnp.exp(xb.astype(dtype) - finite_shift(block_max)[..., None]),
-                        axis=-1)
+    block_sum = jnp.sum(jnp.exp(_scaled(xb.astype(dtype) - finite_shift(block_max)[..., None],
+                                        beta)), axis=-1)
     m = finite_shift(jnp.max(block_max, axis=-1, keepdims=True))
     # An empty block has block_sum 0 and scale exp(-inf) = 0: no 0 * inf.
-    scale = jnp.exp(block_max - m)
+    scale = jnp.exp(_scaled(block_max - m, beta))
     return m, jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
 
 
+def _scaled(d: jax.Array, beta: float | None) -> jax.Array:
+    """``beta * d`` (``d`` itself without ``beta``)."""
+    return d if beta is None else beta * d
+
+
 def online_update(
-    m: jax.Array, s: jax.Array, x: jax.Array, *, axis: int
+    m: jax.Array, s: jax.Array, x: jax.Array, *, axis: int, beta: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Folds a block ``x`` into a running ``(m, s)`` along ``axis`` (reduced away):
-    :math:`m' = \max(m, \max x)`, :math:`s' = s\,e^{m - m'} + \sum e^{x - m'}`. Start
-    from ``m = -inf``, ``s = 0``; finish with :func:`finish`."""
+    :math:`m' = \max(m, \max x)`, :math:`s' = s\,e^{\beta(m - m')} + \sum
+    e^{\beta(x - m')}` (:math:`\beta = 1` without ``beta``; see :func:`normalizer`).
+    Start from ``m = -inf``, ``s = 0``; finish with :func:`finish`."""
     m_new = jnp.maximum(m, jax.lax.stop_gradient(jnp.max(x, axis=axis)))
     shift = finite_shift(m_new)
-    s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - jnp.expand_dims(shift, axis)), axis=axis)
+    s = (s * jnp.exp(_scaled(m - shift, beta))
+         + jnp.sum(jnp.exp(_scaled(x - jnp.expand_dims(shift, axis), beta)), axis=axis))
     return m_new, s
 
 
@@ -83,7 +99,8 @@ def finish(m: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def combine(
-    m: jax.Array, s: jax.Array, axis_name: str | tuple[str, ...]
+    m: jax.Array, s: jax.Array, axis_name: str | tuple[str, ...], *,
+    beta: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Per-device ``(m_i, s_i)`` of the same rows as the global ``(m, s)``:
     :math:`m = \mathrm{pmax}_i m_i`, :math:`s = \mathrm{psum}_i s_i e^{m_i - m}`.
@@ -93,7 +110,7 @@ def combine(
     m_i = finite_shift(m)
     # The max is only a shift; pmax has no derivative rule (second derivatives).
     top = finite_shift(jax.lax.pmax(jax.lax.stop_gradient(m), axis_name))
-    return top, jax.lax.psum(times(s, jnp.exp(m_i - top)), axis_name)
+    return top, jax.lax.psum(times(s, jnp.exp(_scaled(m_i - top, beta))), axis_name)
 
 
 # Logits that a backward pass recomputes are taken as the forward pass's maximum where they
@@ -112,7 +129,7 @@ def recompute_tolerance(dtype: jnp.dtype) -> float:
 
 def probabilities(
     x: jax.Array, m: jax.Array, log_s: jax.Array, valid: jax.Array | None = None, *,
-    recomputed: bool = False,
+    recomputed: bool = False, beta: float | None = None,
 ) -> jax.Array:
     r"""The softmax rebuilt from its normalizer (``m`` and ``log_s`` broadcast against
     ``x``): :math:`\exp((x - m) - \log s)`; 0 where ``valid`` is False and where
@@ -138,12 +155,12 @@ def probabilities(
     if recomputed:
         d = _zero_where(d, d > -recompute_tolerance(d.dtype) * jnp.abs(m))
         log_s = _zero_where(log_s, log_s < 0)
-    return jnp.exp(d - log_s)
+    return jnp.exp(_scaled(d, beta) - log_s)
 
 
 def neg_log_probabilities(
     x: jax.Array, m: jax.Array, log_s: jax.Array, *, scale: float = 1.0,
-    recomputed: bool = False,
+    recomputed: bool = False, beta: float | None = None,
 ) -> jax.Array:
     r"""``scale`` times :math:`-\log p_c = (m - x_c) + \log s`, as such rather than
     :math:`\mathrm{lse} - x_c`, so that the term of a class near the max keeps its
@@ -158,4 +175,4 @@ def neg_log_probabilities(
     d = scale * m - scale * x if scale != 1.0 else m - x
     if recomputed:
         d = _zero_where(d, d < 0)
-    return d + (scale * log_s if scale != 1.0 else log_s)
+    return _scaled(d, beta) + (scale * log_s if scale != 1.0 else log_s)

@@ -343,7 +343,7 @@ def _row_block(classes: int) -> int | None:
 
 
 def _log_normalizer(
-    x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype
+    x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype, beta: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``, in
     ``dtype``, kept apart (see :mod:`jaxloss._softmax`).
@@ -353,18 +353,19 @@ def _log_normalizer(
     max. Mathematically the same sum; measured on XLA's CPU backend, the one-level
     form of a row of 131072 classes took 6x as long (98 ms against 16 ms at
     [256, 131072] float32), while rows of a few thousand run at the speed of a pass
-    over memory. Only the CPU compiles the blocks; other backends reduce the row whole."""
+    over memory. Only the CPU compiles the blocks; other backends reduce the row whole.
+    With ``beta``, the normalizer of ``beta * x`` (:func:`jaxloss._softmax.normalizer`)."""
     if valid is not None:
         x = jnp.where(valid, x, -jnp.inf)
     block = _row_block(x.shape[-1])
     if block is None:
-        return _softmax.normalizer(x, dtype)
+        return _softmax.normalizer(x, dtype, beta=beta)
     # The blocks are a CPU measurement: on a GPU the one-level reduction is the faster
     # (measured on an H200), so each backend compiles its own form.
     # platform_dependent is annotated to return Any; it returns a branch's pair.
     pair: tuple[jax.Array, jax.Array] = jax.lax.platform_dependent(
-        x, cpu=lambda x: _softmax.normalizer(x, dtype, block=block),
-        default=lambda x: _softmax.normalizer(x, dtype))
+        x, cpu=lambda x: _softmax.normalizer(x, dtype, block=block, beta=beta),
+        default=lambda x: _softmax.normalizer(x, dtype, beta=beta))
     return pair
 
 
@@ -379,10 +380,10 @@ def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
 
 def _cross_entropy_grad(
     x: jax.Array, m: jax.Array, log_s: jax.Array, valid: jax.Array | None, target: jax.Array,
-    g: jax.Array,
+    g: jax.Array, beta: float | None = None,
 ) -> jax.Array:
     """:math:`g\\,(p \\sum_c a_c - a)`, the gradient of :math:`\\sum_c a_c(\\mathrm{lse} - x_c)`."""
-    p = _softmax.probabilities(x, m, log_s, valid)
+    p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
     return _times(g[..., None], p * jnp.sum(target, axis=-1, keepdims=True) - target)
 
 
@@ -425,11 +426,12 @@ def _softmax_ce_fwd(
     \mathrm{lse}(x')^2` with :math:`x'` the logits as ``head`` transforms them;
     residuals: the inputs and the normalizer :math:`(m, \log s)` per row."""
     x = _lm_head.transform(logits.astype(labels.dtype), head)
-    m, log_s = _log_normalizer(x if _lm_head.transforms(head) else logits, valid,
-                               labels.dtype)
+    beta = _lm_head.beta(head)
+    m, log_s = _log_normalizer(x if _lm_head.caps(head) else logits, valid, labels.dtype,
+                               beta)
     target = _dense_target(x, labels, smoothing, valid)
     # Halves, doubled: m - x may overflow where the weighted sum does not.
-    half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
+    half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
     loss = 2 * jnp.sum(_times(target, half), axis=-1)
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
@@ -447,16 +449,18 @@ def _softmax_ce_bwd(
     on :math:`\partial\ell/\partial x'`, times :math:`\partial x'/\partial x`."""
     logits, labels, smoothing, valid, m, log_s = residuals
     x = _lm_head.transform(logits.astype(labels.dtype), head)
+    beta = _lm_head.beta(head)
     target = _dense_target(x, labels, smoothing, valid)
-    d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g)
+    d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g, beta)
     z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
     if z is not None:
-        p = _softmax.probabilities(x, m, log_s, valid)
+        p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
         d_logits = d_logits + _times((g * z)[..., None], p)
     if _lm_head.transforms(head):
         d_logits = _lm_head.transform_grad(d_logits, logits.astype(labels.dtype), head)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
-    half = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s, scale=0.5), 0)
+    half = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s, scale=0.5,
+                                                            beta=beta), 0)
     d_labels = 2 * _times(g[..., None], half)
     d_smoothing = None
     if smoothing is not None:
@@ -638,18 +642,19 @@ def _integer_ce_fwd(
     With ``with_stats`` the output is ``(loss, m, log_s, x_y)``."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
-    # Without a transform the max and the label's logit are read from the input dtype:
+    beta = _lm_head.beta(head)
+    # Without a softcap the max and the label's logit are read from the input dtype:
     # a gather from the float32 copy of bf16 logits would make XLA materialize that copy.
-    source = x if _lm_head.transforms(head) else logits
-    m, log_s = _log_normalizer(source, valid, dtype)
+    source = x if _lm_head.caps(head) else logits
+    m, log_s = _log_normalizer(source, valid, dtype, beta)
     label_logit = _pick(source, labels, gather).astype(dtype)
     # Halves, doubled: m - x may overflow where the weighted sum does not.
     label_half = _softmax.neg_log_probabilities(label_logit, m[..., 0], log_s[..., 0],
-                                                scale=0.5)
+                                                scale=0.5, beta=beta)
     loss = _times(_label_coefficient(x, labels, class_weights, smoothing, gather), label_half)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     if smooth is not None:
-        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
+        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
         loss = loss + jnp.sum(_times(smooth, half), axis=-1)
     loss = 2 * loss
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
@@ -677,13 +682,14 @@ def _integer_ce_bwd(
     logits, labels, class_weights, smoothing, valid, m, log_s = residuals
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
+    beta = _lm_head.beta(head)
     alpha = _label_coefficient(x, labels, class_weights, smoothing, gather)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
     total = alpha if smooth is None else alpha + jnp.sum(smooth, axis=-1)
     z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
     if z is not None:
         total = total + z
-    p = _softmax.probabilities(x, m, log_s, valid)
+    p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
     d_logits = _times((g * total)[..., None], p)
     if smooth is not None:
         d_logits = d_logits - _times(g[..., None], smooth)
@@ -695,9 +701,9 @@ def _integer_ce_bwd(
     d_weights = d_smoothing = None
     if class_weights is not None or smoothing is not None:
         # Halves of -log p, doubled below (as in the forward pass).
-        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5)
+        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
         label_half = _softmax.neg_log_probabilities(_pick(x, labels, gather), m[..., 0],
-                                                    log_s[..., 0], scale=0.5)
+                                                    log_s[..., 0], scale=0.5, beta=beta)
         keep = 1.0 if smoothing is None else 1 - smoothing
     if class_weights is not None:
         # A compare-and-sum down the rows, not a scatter: it fuses, and it has an

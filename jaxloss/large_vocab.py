@@ -159,16 +159,18 @@ def _sharded_integer_ce_fwd(
     the output is ``(loss, m, log_s, x_y)``."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
+    beta = _lm_head.beta(head)
     local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
     masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
     m = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(masked, axis=-1)), axis_name)
     m = _softmax.finite_shift(m)
-    s = jax.lax.psum(jnp.sum(jnp.exp(masked - m[..., None]), axis=-1), axis_name)
+    d = masked - m[..., None]
+    s = jax.lax.psum(jnp.sum(jnp.exp(d if beta is None else beta * d), axis=-1), axis_name)
     log_s = jnp.log(s)
     # Halves of -log p, doubled: m - x may overflow where the weighted sum does not
     # (classification._integer_ce_fwd).
     label_logit = _owner_pick(x, local, axis_name)
-    label_half = _softmax.neg_log_probabilities(label_logit, m, log_s, scale=0.5)
+    label_half = _softmax.neg_log_probabilities(label_logit, m, log_s, scale=0.5, beta=beta)
     alpha = (jnp.ones(labels.shape, dtype) if class_weights is None
              else _owner_pick(class_weights, local, axis_name))
     if smoothing:
@@ -179,7 +181,8 @@ def _sharded_integer_ce_fwd(
         support = masked > -jnp.inf
         count = jax.lax.psum(jnp.sum(support, axis=-1), axis_name)
         smooth = _shard_smoothing(support, count, class_weights, smoothing, dtype)
-        half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5)
+        half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5,
+                                              beta=beta)
         loss = loss + jax.lax.psum(jnp.sum(_times(smooth, half), axis=-1), axis_name)
         total = alpha + jax.lax.psum(jnp.sum(smooth, axis=-1), axis_name)
     loss = 2 * loss
@@ -218,9 +221,10 @@ def _sharded_integer_ce_bwd(
     g = _total_cotangent(g, logits, axis_name)
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
+    beta = _lm_head.beta(head)
     local, _, in_range = _shard_labels(labels, x.shape[-1], axis_name)
     masked = x if valid is None else jnp.where(valid, x, -jnp.inf)
-    p = _softmax.probabilities(masked, m[..., None], log_s[..., None])
+    p = _softmax.probabilities(masked, m[..., None], log_s[..., None], beta=beta)
     coefficient = alpha if total is None else total
     z = _lm_head.z_coefficient(head, m, log_s)
     if z is not None:
@@ -245,7 +249,8 @@ def _sharded_integer_ce_bwd(
         if smoothing:
             assert count is not None
             uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
-            half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5)
+            half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None],
+                                                  scale=0.5, beta=beta)
             per_class = per_class + _times(g[..., None], _times(uniform, half))
         d_weights = 2 * jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     return d_logits.astype(logits.dtype), None, d_weights, None
@@ -404,17 +409,18 @@ def _scan_stats(
                                     *(() if bias is None else (bias.dtype,)))
     rows = hidden.shape[0]
     local, total_vocab, _ = _shard_labels(labels, vocab, axis_name)
-    transform = _lm_head.transforms(head)
+    caps = _lm_head.caps(head)
+    beta = _lm_head.beta(head)
 
     def step(carry: _Carry, start: jax.Array) -> tuple[_Carry, None]:
         m, s, x_label, x_sum, count, t = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
         x, _ = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
-        if transform:
+        if caps:
             x = _lm_head.transform(x, head)
         if entropy:
-            t = _entropy_update(m, s, t, x)
-        m_new, s = _softmax.online_update(m, s, x, axis=1)
+            t = _entropy_update(m, s, t, x, beta)
+        m_new, s = _softmax.online_update(m, s, x, axis=1, beta=beta)
         # The label's logit, when this chunk holds it as a new column: a gather of one
         # entry per row (the very value the log-sum-exp saw, so the loss of a row
         # whose label has the largest logit is exactly log s however large x is).
@@ -437,7 +443,7 @@ def _scan_stats(
     (m, s, x_label, x_sum, count, t), _outputs = jax.lax.scan(step, init, starts)
     if axis_name is not None:
         assert not entropy  # linear_log_probs has no vocabulary parallelism (yet)
-        m, s = _softmax.combine(m, s, axis_name)
+        m, s = _softmax.combine(m, s, axis_name, beta=beta)
         x_label = jax.lax.psum(x_label, axis_name)
         if smoothing:
             x_sum = jax.lax.psum(x_sum, axis_name)
@@ -446,24 +452,31 @@ def _scan_stats(
     return _Stats(m, log_s, s, x_label, x_sum, count, t)
 
 
-def _rescaled_t(m: jax.Array, s: jax.Array, t: jax.Array, shift: jax.Array) -> jax.Array:
+def _rescaled_t(m: jax.Array, s: jax.Array, t: jax.Array, shift: jax.Array,
+                beta: float | None) -> jax.Array:
     """``t`` (relative to ``m``, with the sum ``s``) relative to ``shift`` >= ``m``:
-    :math:`e^{m - shift}(t + (m - shift)\\,s)`; 0 while ``s`` is 0 (``m = -inf``)."""
+    :math:`e^{\\beta(m - shift)}(t + \\beta(m - shift)\\,s)`; 0 while ``s`` is 0
+    (``m = -inf``)."""
     # m = -inf only while s = 0: replaced by the shift there, so that no -inf reaches
     # the product (whose derivative a second-order jax.grad would take).
     m = jnp.where(s == 0, shift, m)
-    return jnp.exp(m - shift) * (t + (m - shift) * s)
+    d = m - shift if beta is None else beta * (m - shift)
+    return jnp.exp(d) * (t + d * s)
 
 
-def _entropy_update(m: jax.Array, s: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
-    """The running ``t`` of :func:`_scan_stats` with the block ``x`` folded in."""
+def _entropy_update(m: jax.Array, s: jax.Array, t: jax.Array, x: jax.Array,
+                    beta: float | None) -> jax.Array:
+    """The running ``t`` of :func:`_scan_stats` with the block ``x`` folded in (of
+    :math:`\\beta x` with ``beta``: the differences are scaled, never the logits)."""
     shift = _softmax.finite_shift(
         jnp.maximum(m, jax.lax.stop_gradient(jnp.max(x, axis=1))))
     # 0 for a class at -inf (0 log 0), with no -inf inside the product either: a
     # second-order jax.grad takes its derivative.
     d = jnp.where(x > -jnp.inf, x - shift[:, None], 0)
+    if beta is not None:
+        d = beta * d
     terms = jnp.where(x > -jnp.inf, jnp.exp(d) * d, 0)
-    return _rescaled_t(m, s, t, shift) + jnp.sum(terms, axis=1)
+    return _rescaled_t(m, s, t, shift, beta) + jnp.sum(terms, axis=1)
 
 
 def _forward(
@@ -477,11 +490,13 @@ def _forward(
     m, log_s = stats.m, stats.log_s
     dtype = log_s.dtype
     _, total_vocab, in_range = _shard_labels(labels, vocab, axis_name)
-    loss = _softmax.neg_log_probabilities(stats.x_label, m, log_s)
+    beta = _lm_head.beta(head)
+    loss = _softmax.neg_log_probabilities(stats.x_label, m, log_s, beta=beta)
     if smoothing:
         count = stats.n_finite
         mean = stats.x_sum * (total_vocab / jnp.maximum(count, 1).astype(dtype))
-        uniform = jnp.where(count > 0, (m - mean) + log_s, 0)
+        spread = m - mean if beta is None else beta * (m - mean)
+        uniform = jnp.where(count > 0, spread + log_s, 0)
         loss = _times(jnp.asarray(1 - smoothing, dtype), loss) + smoothing * uniform
     z = _lm_head.z_term(head, m, log_s)
     if z is not None:
@@ -552,14 +567,16 @@ def _backward(
     local, _, _ = _shard_labels(labels, vocab, axis_name)
     hidden_kept = jnp.where(rows_on[:, None], hidden, 0)
     transform = _lm_head.transforms(head)
+    caps = _lm_head.caps(head)
+    beta = _lm_head.beta(head)
 
     def step(carry: tuple[jax.Array, jax.Array, jax.Array | None], start: jax.Array
              ) -> tuple[tuple[jax.Array, jax.Array, jax.Array | None], None]:
         d_hidden, d_weight, d_bias = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
         raw, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
-        x = _lm_head.transform(raw, head) if transform else raw
-        p = _softmax.probabilities(x, m[:, None], log_s[:, None], recomputed=True)
+        x = _lm_head.transform(raw, head) if caps else raw
+        p = _softmax.probabilities(x, m[:, None], log_s[:, None], recomputed=True, beta=beta)
         columns = begin + jnp.arange(chunk, dtype=begin.dtype)
         onehot = _select(fresh, local[:, None] == columns, False).astype(dtype)
         grad = chunk_grad(x, p, onehot, fresh)
@@ -948,7 +965,8 @@ def _log_probs_fwd(
     st = _scan_stats(hidden, weight, bias, labels, vocab, chunk, 0.0, None, precision, head,
                      entropy=True)
     _, _, in_range = _shard_labels(labels, vocab, None)
-    log_p = jnp.where(in_range, -_softmax.neg_log_probabilities(st.x_label, st.m, st.log_s),
+    log_p = jnp.where(in_range, -_softmax.neg_log_probabilities(st.x_label, st.m, st.log_s,
+                                                                 beta=_lm_head.beta(head)),
                       jnp.nan)
     # A row of -inf only (s = 0) has no distribution: entropy 0.
     entropy = jnp.where(st.s > 0, st.log_s - st.t / jnp.where(st.s > 0, st.s, 1), 0)
@@ -976,7 +994,8 @@ def _log_probs_bwd(
         # derivative a second-order jax.grad takes), p = 0 either way.
         exists = x > -jnp.inf
         surprise = _softmax.neg_log_probabilities(jnp.where(exists, x, m[:, None]),
-                                                  m[:, None], log_s[:, None], recomputed=True)
+                                                  m[:, None], log_s[:, None], recomputed=True,
+                                                  beta=_lm_head.beta(head))
         spread = _times(p, jnp.where(exists, surprise, 0) - entropy[:, None])
         return (_times(g_log_p[:, None], onehot - p)
                 + _times(g_entropy[:, None], spread))

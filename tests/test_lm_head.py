@@ -916,3 +916,24 @@ def test_softcap_second_derivatives_are_finite_far_out_and_at_neg_inf():
         for f in (lambda v: lce(v, w, labels, chunk_size=5, softcap=2.0, reduction="sum"),
                   lambda v: jnp.sum(llp(v, w, labels, chunk_size=5, softcap=2.0))):
             assert np.all(np.isfinite(np.asarray(jax.hessian(f)(h))))
+
+
+@pytest.mark.parametrize("temperature", [3.0, 0.3, 0.7])
+def test_temperature_is_exact_at_huge_logits(temperature):
+    """x/τ − m/τ rounds the two quotients apart (or fuses one into a multiply-add): at
+    1e30 the row's max would sit ~1e22 from itself. The differences are scaled instead,
+    so a row whose label is the max has loss exactly 0, and the other row's is exact."""
+    logits = np.array([[1e30, 0.0, -1e30, 3.0], [0.0, 1e30, 2.0, -1e30]], np.float32)
+    labels = np.array([0, 1])
+    for value in (ice(logits, labels, temperature=temperature),
+                  dce(logits, np.eye(4, dtype=np.float32)[labels], temperature=temperature),
+                  lce(np.eye(2, dtype=np.float32), logits, labels, temperature=temperature),
+                  -llp(np.eye(2, dtype=np.float32), logits, labels, temperature=temperature)):
+        np.testing.assert_array_equal(np.asarray(value), 0.0)
+    _, entropy = llp(np.eye(2, dtype=np.float32), logits, labels, temperature=temperature,
+                     return_entropy=True)
+    np.testing.assert_array_equal(np.asarray(entropy), 0.0)
+    grad = jax.grad(lambda v: ice(v, labels, temperature=temperature, reduction="sum"))(logits)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+    other = ice(np.array([[1e6, 0.0, 3.0]], np.float32), np.array([1]), temperature=temperature)
+    np.testing.assert_allclose(np.asarray(other), [1e6 / temperature], rtol=1e-6)
