@@ -461,7 +461,8 @@ def _rescaled_t(m: jax.Array, s: jax.Array, t: jax.Array, shift: jax.Array,
     # the product (whose derivative a second-order jax.grad would take).
     m = jnp.where(s == 0, shift, m)
     d = m - shift if beta is None else beta * (m - shift)
-    return jnp.exp(d) * (t + d * s)
+    # A difference past the float range (logits near +-3e38) has weight exp(d) = 0.
+    return _times(jnp.exp(d), t + d * s)
 
 
 def _entropy_update(m: jax.Array, s: jax.Array, t: jax.Array, x: jax.Array,
@@ -475,7 +476,7 @@ def _entropy_update(m: jax.Array, s: jax.Array, t: jax.Array, x: jax.Array,
     d = jnp.where(x > -jnp.inf, x - shift[:, None], 0)
     if beta is not None:
         d = beta * d
-    terms = jnp.where(x > -jnp.inf, jnp.exp(d) * d, 0)
+    terms = jnp.where(x > -jnp.inf, _times(jnp.exp(d), d), 0)
     return _rescaled_t(m, s, t, shift, beta) + jnp.sum(terms, axis=1)
 
 

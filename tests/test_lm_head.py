@@ -937,3 +937,16 @@ def test_temperature_is_exact_at_huge_logits(temperature):
     np.testing.assert_array_equal(np.asarray(grad), 0.0)
     other = ice(np.array([[1e6, 0.0, 3.0]], np.float32), np.array([1]), temperature=temperature)
     np.testing.assert_allclose(np.asarray(other), [1e6 / temperature], rtol=1e-6)
+
+
+def test_entropy_at_the_edge_of_the_float32_range():
+    """Logits of ±3e38 in one row: differences past the float range get weight 0, not
+    0 * inf = NaN; the label at the max has log-probability 0 and the entropy is 0."""
+    hidden = np.eye(2, dtype=np.float32)
+    weight = np.array([[3e38, -3e38, 0.0], [-3e38, 0.0, 3e38]], np.float32)
+    f = lambda w: llp(hidden, w, np.array([0, 2]), return_entropy=True, chunk_size=1)  # noqa: E731
+    log_p, entropy = f(weight)
+    np.testing.assert_array_equal(np.asarray(log_p), 0.0)
+    np.testing.assert_array_equal(np.asarray(entropy), 0.0)
+    grad = jax.grad(lambda w: jnp.sum(f(w)[0]) + jnp.sum(f(w)[1]))(weight)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
