@@ -874,9 +874,9 @@ def linear_softmax_cross_entropy(
     every logit in both passes). The defaults compile the plain path.
 
     Returns:
-      One loss per row (``labels.shape``) for ``"none"``, in
-      ``promote_types(hidden.dtype, weight.dtype, float32)``; with ``return_aux``,
-      ``(loss, aux)``.
+      One loss per row (``labels.shape``) for ``"none"``, in the promotion of
+      ``hidden``'s, ``weight``'s and ``bias``'s dtypes with float32; with
+      ``return_aux``, ``(loss, aux)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -1087,8 +1087,9 @@ def linear_log_probs(
       precision: the matmuls' precision, as in :func:`linear_softmax_cross_entropy`.
 
     Returns:
-      ``log_probs`` (``labels.shape``, in ``promote_types(hidden.dtype, weight.dtype,
-      float32)``), or ``(log_probs, entropy)`` with ``return_entropy=True``. A label
+      ``log_probs`` (``labels.shape``, in the promotion of ``hidden``'s, ``weight``'s
+      and ``bias``'s dtypes with float32), or ``(log_probs, entropy)`` with
+      ``return_entropy=True``. A label
       outside ``[0, V)`` (other than ``ignore_index``) gives NaN: wrap in
       :func:`jaxloss.checked` to raise instead.
 
