@@ -80,10 +80,11 @@ docs: $(VENV)/.dev-installed
 	$(BIN)/mkdocs build --strict
 	$(BIN)/python docs/check_site.py site
 
-# The README's loss tables are rendered from jaxloss/_registry.py (tests/test_registry.py
-# fails when they differ).
+# The README's and the docs pages' loss tables (and the docs' version) are rendered from
+# jaxloss/_registry.py (tests/test_registry.py and tests/test_docs.py fail when they differ).
 readme-tables: $(VENV)/.dev-installed
 	$(BIN)/python -m jaxloss._registry README.md
+	$(BIN)/python docs/hooks/site.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

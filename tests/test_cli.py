@@ -1,8 +1,9 @@
-"""`jaxloss demo`: the table, the PNG plots, data parallelism and argument errors.
+"""`jaxloss demo`: the table, the PNG plots, data parallelism and argument errors; and
+`jaxloss check`'s help, --list, --filter and progress lines.
 
 The demo runs with each task's own settings (the README's, a few seconds a task) and
-its test metric must reach the README's threshold. `check` and `--version` are covered
-in test_testing.py.
+its test metric must reach the README's threshold. `check`'s report and `--version` are
+covered in test_testing.py.
 """
 
 import math
@@ -237,3 +238,101 @@ def test_python_dash_m_jaxloss_demo_regression(tmp_path):
     assert math.isfinite(float(train_loss))
     _assert_meets_threshold("regression", metric)
     _assert_png(out / "loss_curves.png")
+
+
+# ---------------------------------------------------------------------------------
+# `jaxloss check`: its help, --list, --filter and the progress lines (the report itself
+# is test_testing.py's).
+
+
+def test_check_help_says_what_it_checks(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["check", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("float64 reference", "finite differences", "extreme inputs",
+                  "every built-in loss", "--filter PATTERN", "--list", "glob"):
+        assert words in text, words
+
+
+def _never_runs(case):
+    raise AssertionError(f"ran {case.name}")
+
+
+def test_check_list_prints_every_case_name_and_runs_nothing(capsys, monkeypatch):
+    from jaxloss import testing
+
+    monkeypatch.setattr(testing, "run_case", _never_runs)
+    assert cli.main(["check", "--list"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [case.name for case in testing.builtin_cases()]
+    assert captured.err == ""
+
+
+def test_check_list_filter_takes_substrings_and_globs(capsys, monkeypatch):
+    from jaxloss import testing
+
+    monkeypatch.setattr(testing, "run_case", _never_runs)
+    names = [case.name for case in testing.builtin_cases()]
+    assert cli.main(["check", "--list", "--filter", "squared_error"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed == [n for n in names if "squared_error" in n]
+    assert "mean_squared_error" in listed and "squared_error[where,sum]" in listed
+    # A glob: the name must match it whole.
+    assert cli.main(["check", "--list", "--filter", "squared_error*"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["squared_error", "squared_error[where,sum]"]
+    # Brackets in a name are matched as a substring; --filter repeats.
+    assert cli.main(["check", "--list", "--filter", "nll_loss[weights",
+                     "--filter", "hinge_loss"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        n for n in names if "nll_loss[weights" in n or "hinge_loss" in n]
+
+
+def test_check_filter_runs_only_the_matching_cases_with_progress(capsys, monkeypatch):
+    from jaxloss import testing
+
+    ran = []
+    real = testing.run_case
+
+    def recording(case):
+        ran.append(case.name)
+        return real(case)
+
+    monkeypatch.setattr(testing, "run_case", recording)
+    assert cli.main(["check", "--filter", "l2_loss"]) == 0  # two cheap cases
+    captured = capsys.readouterr()
+    assert ran == ["l2_loss", "l2_loss[where,mean]"]
+    # The report on stdout, as without --filter: a row per case, then the count.
+    lines = captured.out.splitlines()
+    assert lines[0].split()[0] == "loss"
+    rows = [line for line in lines if line.startswith("l2_loss")]
+    assert [row.split("  ")[0] for row in rows] == ran
+    assert all(row.split()[-1] == "ok" for row in rows)
+    assert lines[-1] == "2/2 checks ok"
+    # One progress line per case on stderr, as each finishes.
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    assert [re.match(r"\[(\d)/2\] (\S+) \.\.\. ok \(\d+\.\d s\)$", line).groups()
+            for line in progress] == [("1", "l2_loss"), ("2", "l2_loss[where,mean]")]
+
+
+def test_check_quiet_drops_the_progress_lines(capsys, monkeypatch):
+    from jaxloss import testing
+
+    monkeypatch.setattr(testing, "run_case", lambda case: testing.CheckResult(
+        case.name, False, 0.0, True, True, True))
+    assert cli.main(["check", "--quiet", "--filter", "huber_loss"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines()[-1] == "1/1 checks ok"
+
+
+@pytest.mark.parametrize("extra", [[], ["--list"]], ids=["run", "list"])
+def test_check_filter_that_matches_nothing_exits_2(extra, capsys, monkeypatch):
+    from jaxloss import testing
+
+    monkeypatch.setattr(testing, "run_case", _never_runs)
+    assert cli.main(["check", *extra, "--filter", "no_such_loss"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _assert_short_error(captured.err, "jaxloss check", "--filter", "no_such_loss",
+                        "no case matches", "--list")

@@ -91,6 +91,70 @@ def test_every_registry_entry_is_in_one_table():
     assert hook.version() == jaxloss.__version__
 
 
+def test_committed_tables_and_version_are_fresh():
+    """The raw pages (a forge renders docs/*.md as they are) hold the tables and the
+    version between their markers, as the registry and jaxloss/__init__.py give them."""
+    hook = _load(DOCS / "hooks" / "site.py", "_jaxloss_docs_site")
+    stale = [str(p.relative_to(ROOT)) for p in hook.stale()]
+    assert stale == [], f"stale: {stale}; run python docs/hooks/site.py"
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    assert (f"Version <!-- jaxloss:version -->{jaxloss.__version__}<!-- /jaxloss:version -->."
+            in index)
+    for page in DOCS.glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        for match in hook._TABLE_REGION.finditer(text):
+            rows = [line for line in match.group(0).splitlines() if line.startswith("| `")]
+            assert rows, f"{page.name}: an empty table between {match.group(0).splitlines()[0]}"
+            assert "][jaxloss." not in match.group(0)  # no site-only links in the raw page
+
+
+def test_the_site_gets_the_linked_tables_and_the_version_without_markers():
+    hook = _load(DOCS / "hooks" / "site.py", "_jaxloss_docs_site")
+    for page in DOCS.glob("*.md"):
+        built = hook.fill(page.read_text(encoding="utf-8"), site=True, page=page.name)
+        assert "jaxloss:" not in built.replace("::: jaxloss", ""), page.name
+        assert "](../notebooks/" not in built, page.name
+    built = hook.fill((DOCS / "regression.md").read_text(encoding="utf-8"), site=True)
+    assert "| [`squared_error`][jaxloss.regression.squared_error] |" in built
+    index = hook.fill((DOCS / "index.md").read_text(encoding="utf-8"), site=True)
+    assert f"Version {jaxloss.__version__}." in index
+    assert "](notebooks/01_mean_squared_error.ipynb)" in index
+
+
+def test_stale_and_unclosed_markers_are_caught(tmp_path):
+    hook = _load(DOCS / "hooks" / "site.py", "_jaxloss_docs_site")
+    page = tmp_path / "page.md"
+    fresh = hook.fill("# P\n\n<!-- jaxloss:table family=divergence -->\n<!-- /jaxloss:table -->\n"
+                      "\nv<!-- jaxloss:version --><!-- /jaxloss:version -->\n", site=False)
+    assert "| `kl_divergence` |" in fresh and f"v<!-- jaxloss:version -->{hook.version()}<" in fresh
+    page.write_text(fresh)
+    assert hook.stale(tmp_path) == []
+    page.write_text(fresh.replace("| `kl_divergence` |", "| `kl_div` |"))
+    assert hook.stale(tmp_path) == [page]
+    page.write_text(fresh.replace(hook.version(), "0.0.0"))
+    assert hook.stale(tmp_path) == [page]
+    for unclosed in ("<!-- jaxloss:table family=divergence -->\n\ntext\n",
+                     "Version <!-- jaxloss:version -->.\n"):
+        with pytest.raises(ValueError, match="without its"):
+            hook.fill(unclosed, site=True, page="page.md")
+
+
+def test_every_notebook_is_linked_from_the_docs_the_nav_and_the_readme():
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks
+    index = (DOCS / "index.md").read_text(encoding="utf-8")
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in notebooks:
+        # ../notebooks/ from docs/: right on a forge; the hook points it at the site's page.
+        assert f"](../notebooks/{name})" in index, name
+        assert f": notebooks/{name}" in nav, name
+        assert f"](notebooks/{name})" in readme, name
+    # No count of them to go stale.
+    assert not re.search(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten) executed "
+                         r"notebooks", index, re.I)
+
+
 def test_rst_docstrings_become_markdown():
     ext = _load(DOCS / "hooks" / "griffe_rst.py", "_jaxloss_docs_griffe_rst")
     text = ("With :math:`x_n` and :func:`softmax` (:func:`_private`), see\n"

@@ -3,8 +3,9 @@ tokenizer cache, the split by file, the unigram baseline, the two losses it comp
 the memory claim at the default size.
 
 The tiny run (80 files, V = 512, 6 steps) is too small for the perplexity threshold, so the
-command must exit 1 and say so; the full-size figures are the docs page's, which the last
-test holds to the thresholds.
+command must exit 1 and say so, and exit 0 with --report-only (its figures replayed, not
+trained again); the full-size figures are the docs page's, which the last test holds to
+the thresholds.
 """
 
 import contextlib
@@ -31,12 +32,30 @@ TINY = ["--vocab-size", "512", "--max-files", "80", "--steps", "6"]
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One tiny `jaxloss demo --task lm`: (exit code, stdout, stderr, out folder)."""
+    """One tiny `jaxloss demo --task lm`: (exit code, stdout, stderr, out folder, the
+    figures lm_demo.run returned)."""
     out = tmp_path_factory.mktemp("lm") / "out"
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    results = []
+    real_run = lm_demo.run
+
+    def recording(*args, **kwargs):
+        results.append(real_run(*args, **kwargs))
+        return results[-1]
+
+    with (pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout),
+          contextlib.redirect_stderr(stderr)):
+        patch.setattr(lm_demo, "run", recording)
         code = cli.main(["demo", "--task", "lm", *TINY, "--out", str(out), "--quiet"])
-    return code, stdout.getvalue(), stderr.getvalue(), out
+    (result,) = results
+    return code, stdout.getvalue(), stderr.getvalue(), out, result
+
+
+def _threshold_lines(stdout):
+    """The lines after ``thresholds ...:``, stripped."""
+    lines = stdout.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.startswith("thresholds (")]
+    return lines[start], [line.strip() for line in lines[start + 1:] if line.startswith("  ")]
 
 
 def _field(stdout, name):
@@ -50,7 +69,7 @@ def _number(text):
 
 
 def test_tiny_run_reports_every_figure_and_fails_the_perplexity_threshold(tiny_run):
-    code, stdout, stderr, out = tiny_run
+    code, stdout, stderr, out, _ = tiny_run
     # At 6 steps the model is no better than the unigram baseline: the demo says so.
     assert code == 1
     assert "Traceback" not in stderr
@@ -85,6 +104,85 @@ def test_tiny_run_reports_every_figure_and_fails_the_perplexity_threshold(tiny_r
     image = matplotlib.image.imread(png)
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert float(np.std(image[..., :3])) > 0.01
+
+    # Each threshold, after the figures, with its value and its verdict.
+    header, lines = _threshold_lines(stdout)
+    assert header == "thresholds (exit 1 unless each is ok):"
+    value = re.fullmatch(r"validation perplexity / unigram perplexity: ([0-9.]+) "
+                         r"\(at most 0\.5\): FAIL", lines[0]).group(1)
+    assert float(value) == pytest.approx(ppl / unigram, abs=2e-3)  # of the rounded figures
+    assert re.fullmatch(r"fused / materialized train step temp memory: ([0-9.]+) "
+                        r"\(at most 0\.25\): (ok|FAIL)", lines[1])
+    assert len(lines) == 2
+
+
+def _replay(result):
+    """lm_demo.run as the tiny run ran it: its report, its figures (no training)."""
+    def run(config, out, *, log=print, check=True):
+        assert not check  # the command weighs the thresholds itself
+        lm_demo.report(result, config, log)
+        return result
+
+    return run
+
+
+@pytest.mark.parametrize("flag, code", [([], 1), (["--report-only"], 0)],
+                         ids=["default", "report-only"])
+def test_report_only_prints_each_threshold_and_exits_0(flag, code, tiny_run, tmp_path, capsys,
+                                                       monkeypatch):
+    """The tiny run's own figures (which miss the perplexity threshold), through the
+    command with and without --report-only; the training is not run again."""
+    result = tiny_run[4]
+    monkeypatch.setattr(lm_demo, "run", _replay(result))
+    assert cli.main(["demo", "--task", "lm", *TINY, *flag, "--out", str(tmp_path),
+                     "--quiet"]) == code
+    captured = capsys.readouterr()
+    assert _field(captured.out, "validation perplexity") == f"{result['val_perplexity']:.1f}"
+    header, lines = _threshold_lines(captured.out)
+    ratio = result["val_perplexity"] / result["unigram_perplexity"]
+    memory = result["memory_ratio"]
+    assert lines == [
+        f"validation perplexity / unigram perplexity: {ratio:.3f} (at most 0.5): FAIL",
+        f"fused / materialized train step temp memory: {memory:.3f} (at most 0.25): "
+        + ("ok" if memory <= 0.25 else "FAIL")]
+    if flag:
+        assert header == "thresholds (--report-only: not enforced):"
+        assert captured.err == ""
+    else:
+        assert header == "thresholds (exit 1 unless each is ok):"
+        assert captured.err.startswith("jaxloss demo: error: --task lm: validation perplexity")
+        assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_report_only_still_exits_1_when_the_run_fails(tmp_path, capsys, monkeypatch):
+    def diverges(*args, **kwargs):
+        raise lm_demo.ThresholdError("the training loss is nan at step 3")
+
+    monkeypatch.setattr(lm_demo, "run", diverges)
+    assert cli.main(["demo", "--task", "lm", *TINY, "--report-only", "--out", str(tmp_path),
+                     "--quiet"]) == 1
+    assert "the training loss is nan" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ppl, fused, passed", [
+    (50.0, 25.0, [True, True]),      # both at their limits exactly
+    (50.1, 25.1, [False, False]),
+    (float("nan"), 10.0, [False, True]),  # NaN fails
+])
+def test_thresholds_and_their_lines(ppl, fused, passed):
+    result = {"val_perplexity": ppl, "unigram_perplexity": 100.0, "fused_temp_mib": fused,
+              "materialized_temp_mib": 100.0, "memory_ratio": fused / 100.0}
+    thresholds = lm_demo.thresholds(result)
+    assert [t.passed for t in thresholds] == passed
+    assert [t.line().endswith(": ok" if p else ": FAIL")
+            for t, p in zip(thresholds, passed, strict=True)] == [True, True]
+    assert thresholds[0].line().startswith("validation perplexity / unigram perplexity: ")
+    if all(passed):
+        lm_demo.check_thresholds(result)
+    else:
+        with pytest.raises(lm_demo.ThresholdError) as info:
+            lm_demo.check_thresholds(result)
+        assert str(info.value).count(";") == passed.count(False) - 1
 
 
 def test_a_second_run_reads_the_tokenizer_and_tokens_from_the_cache(tiny_run, monkeypatch):
@@ -207,7 +305,9 @@ def test_fused_step_needs_under_a_quarter_of_the_materialized_steps_memory():
     (["--task", "binary", "--steps", "5"], ["--steps 5", "--task lm"]),
     (["--task", "all", "--max-files", "5"], ["--max-files 5", "--task lm"]),
     (["--task", "binary", "--fit-memory", "1"], ["--fit-memory 1", "--task lm"]),
-], ids=["lm-epochs", "lm-devices", "binary-steps", "all-max-files", "binary-fit-memory"])
+    (["--task", "all", "--report-only"], ["--report-only", "--task lm"]),
+], ids=["lm-epochs", "lm-devices", "binary-steps", "all-max-files", "binary-fit-memory",
+        "all-report-only"])
 def test_options_of_the_other_kind_of_task_exit_2(args, words, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(lm_demo, "run", _never)
     monkeypatch.setattr(cli, "run_demo_task", _never)
