@@ -27,10 +27,12 @@ __all__ = ["cases", "ref_integer_ce", "ref_linear_ce", "ref_linear_log_probs",
 def _transform(x: jax.Array, softcap: float | None, temperature: float) -> jax.Array:
     """:math:`c \\tanh(x / c) / T`; a ``-inf`` logit stays ``-inf`` (a masked class)."""
     masked = x == -jnp.inf
+    # The masked entries stay out of every product: a derivative with respect to the
+    # softcap or the temperature would meet 0 * inf there.
+    safe = jnp.where(masked, 0, x)
     if softcap is not None:
-        capped = softcap * jnp.tanh(jnp.where(masked, 0, x) / softcap)
-        x = jnp.where(masked, -jnp.inf, capped)
-    return x / temperature
+        safe = softcap * jnp.tanh(safe / softcap)
+    return jnp.where(masked, -jnp.inf, safe / temperature)
 
 
 def _nll(
@@ -243,22 +245,24 @@ def cases(rng: np.random.Generator) -> list[CheckCase]:
         CheckCase("softmax_cross_entropy_with_integer_labels[softcap,temperature,z_loss,"
                   "smoothing]", softmax_cross_entropy_with_integer_labels, ref_integer_ce,
                   (logits, labels), {**head, "label_smoothing": 0.1},
+                  diff_kwargs=("softcap", "temperature", "z_loss", "label_smoothing"),
                   extremes=_integer_extremes(labels, x32)),
         CheckCase("softmax_cross_entropy_with_integer_labels[softcap,z_loss,class_weights,"
                   "ignore_index,where,mean]", softmax_cross_entropy_with_integer_labels,
                   ref_integer_ce, (logits, some_ignored),
                   {"softcap": 2.0, "z_loss": 0.1, "class_weights": rng.uniform(0.5, 2, c),
                    "ignore_index": -100, "where": rows, "reduction": "mean"},
-                  diff_kwargs=("class_weights",), fd_order=1),
+                  diff_kwargs=("class_weights", "softcap", "z_loss"), fd_order=1),
         CheckCase("softmax_cross_entropy[softcap,z_loss]", softmax_cross_entropy,
                   ref_softmax_ce, (logits, soft), {"softcap": 3.0, "z_loss": 0.05},
-                  argnums=(0, 1),
+                  argnums=(0, 1), diff_kwargs=("softcap", "z_loss"),
                   extremes=((huge_dense, soft.astype(f32)), (masked, masked_soft.astype(f32)),
                             (jnp.asarray(np.clip(logits * 1e38, -3e38, 3e38), bf16),
                              soft.astype(f32)))),
         CheckCase("linear_softmax_cross_entropy[softcap,temperature,z_loss,bias,chunk_size=4]",
                   linear_softmax_cross_entropy, ref_linear_ce, (hidden, weight, vocab_labels),
-                  {"bias": bias, "z_loss": 0.05, **lm}, argnums=(0, 1), diff_kwargs=("bias",),
+                  {"bias": bias, "z_loss": 0.05, **lm}, argnums=(0, 1),
+                  diff_kwargs=("bias", "softcap", "temperature", "z_loss"),
                   extremes=(Extreme((h32, huge_weight, vocab_labels),
                                     {"bias": huge_bias}),
                             Extreme((bf16_h, bf16_w, vocab_labels),
@@ -268,11 +272,12 @@ def cases(rng: np.random.Generator) -> list[CheckCase]:
                   linear_softmax_cross_entropy, ref_linear_ce, (hidden, weight, ignored),
                   {"bias": bias, "z_loss": 0.05, "label_smoothing": 0.2, "ignore_index": -100,
                    "where": rows, "reduction": "mean", **lm},
-                  argnums=(0, 1), diff_kwargs=("bias",), fd_order=1),
+                  argnums=(0, 1),
+                  diff_kwargs=("bias", "temperature", "z_loss", "label_smoothing"), fd_order=1),
         CheckCase("linear_log_probs[softcap,temperature,bias,ignore_index,chunk_size=4]",
                   linear_log_probs, _ref_log_probs, (hidden, weight, ignored),
                   {"bias": bias, "ignore_index": -100, **lm}, argnums=(0, 1),
-                  diff_kwargs=("bias",),
+                  diff_kwargs=("bias", "softcap", "temperature"),
                   extremes=(Extreme((h32, huge_weight, vocab_labels),
                                     {"bias": huge_bias}),
                             Extreme((h32, w32, live_labels), {"bias": neg_inf_bias}),
@@ -281,11 +286,15 @@ def cases(rng: np.random.Generator) -> list[CheckCase]:
         CheckCase("linear_log_probs[return_entropy,softcap,temperature,bias,chunk_size=4]",
                   log_probs_and_entropy, _ref_log_probs_and_entropy,
                   (hidden, weight, ignored), {"bias": bias, "ignore_index": -100, **lm},
-                  argnums=(0, 1), diff_kwargs=("bias",),
+                  argnums=(0, 1), diff_kwargs=("bias", "temperature"),
+                  # The entropy's temperature gradient is a sum over every logit that
+                  # cancels to about 1/100 of its terms: float32 holds it to ~3e-5, so
+                  # it is compared in float64 (the case's inputs), not at the extremes.
                   extremes=(_entropy_limits(temperature),
                             Extreme((h32, huge_weight, vocab_labels),
-                                    {"bias": huge_bias}),
-                            Extreme((h32, w32, live_labels), {"bias": neg_inf_bias}),
+                                    {"bias": huge_bias}, diff_kwargs=("bias",)),
+                            Extreme((h32, w32, live_labels), {"bias": neg_inf_bias},
+                                    diff_kwargs=("bias",)),
                             Extreme((bf16_h, bf16_w, vocab_labels),
                                     {"bias": jnp.asarray(b32, bf16)}))),
     ]

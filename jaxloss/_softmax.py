@@ -40,7 +40,7 @@ def finite_shift(m: jax.Array) -> jax.Array:
 
 def normalizer(
     x: jax.Array, dtype: jnp.dtype, *, axis: int = -1, block: int | None = None,
-    beta: float | None = None,
+    beta: jax.Array | float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""``(m, log s)`` of ``x`` along ``axis`` (kept as a size-1 axis), in ``dtype``.
 
@@ -74,13 +74,18 @@ def normalizer(
     return m, jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
 
 
-def _scaled(d: jax.Array, beta: float | None) -> jax.Array:
-    """``beta * d`` (``d`` itself without ``beta``)."""
-    return d if beta is None else beta * d
+def _scaled(d: jax.Array, beta: jax.Array | float | None) -> jax.Array:
+    """``beta * d`` (``d`` itself without ``beta``); an infinite ``d`` (a class at
+    ``-inf``) stays out of the product, whose derivative by ``beta`` would be inf there
+    (times a zero cotangent: NaN in a second derivative)."""
+    if beta is None:
+        return d
+    infinite = jnp.isinf(d)
+    return jnp.where(infinite, d, beta * jnp.where(infinite, 0, d))
 
 
 def online_update(
-    m: jax.Array, s: jax.Array, x: jax.Array, *, axis: int, beta: float | None = None,
+    m: jax.Array, s: jax.Array, x: jax.Array, *, axis: int, beta: jax.Array | float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Folds a block ``x`` into a running ``(m, s)`` along ``axis`` (reduced away):
     :math:`m' = \max(m, \max x)`, :math:`s' = s\,e^{\beta(m - m')} + \sum
@@ -100,7 +105,7 @@ def finish(m: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def combine(
     m: jax.Array, s: jax.Array, axis_name: str | tuple[str, ...], *,
-    beta: float | None = None,
+    beta: jax.Array | float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""Per-device ``(m_i, s_i)`` of the same rows as the global ``(m, s)``:
     :math:`m = \mathrm{pmax}_i m_i`, :math:`s = \mathrm{psum}_i s_i e^{m_i - m}`.
@@ -129,7 +134,7 @@ def recompute_tolerance(dtype: jnp.dtype) -> float:
 
 def probabilities(
     x: jax.Array, m: jax.Array, log_s: jax.Array, valid: jax.Array | None = None, *,
-    recomputed: bool = False, beta: float | None = None,
+    recomputed: bool = False, beta: jax.Array | float | None = None,
 ) -> jax.Array:
     r"""The softmax rebuilt from its normalizer (``m`` and ``log_s`` broadcast against
     ``x``): :math:`\exp((x - m) - \log s)`; 0 where ``valid`` is False and where
@@ -160,7 +165,7 @@ def probabilities(
 
 def neg_log_probabilities(
     x: jax.Array, m: jax.Array, log_s: jax.Array, *, scale: float = 1.0,
-    recomputed: bool = False, beta: float | None = None,
+    recomputed: bool = False, beta: jax.Array | float | None = None,
 ) -> jax.Array:
     r"""``scale`` times :math:`-\log p_c = (m - x_c) + \log s`, as such rather than
     :math:`\mathrm{lse} - x_c`, so that the term of a class near the max keeps its

@@ -176,6 +176,48 @@ def in_unit_interval(name: str, x: Any) -> jax.Array:
     return x
 
 
+def check_unit_interval(name: str, x: Any) -> None:
+    """:func:`in_unit_interval` as a check of :func:`jit`, before the jit: inside it a
+    Python value would be traced and its range unknown (None passes: off)."""
+    if x is not None:
+        in_unit_interval(name, x)
+
+
+def smoothing(name: str, x: Any, dtype: Any) -> jax.Array | None:
+    """A label-smoothing value as a scalar array in ``dtype``; None when it is off
+    (None, or a Python 0 that was not passed through :func:`jit`)."""
+    if x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and x == 0):
+        return None
+    return in_unit_interval(name, x).astype(dtype)
+
+
+def check_ignore_index(name: str, x: Any) -> None:
+    """``ignore_index``: None, or an integer scalar (a Python int or a 0-d integer
+    array, possibly traced)."""
+    if x is None:
+        return
+    if isinstance(x, bool) or isinstance(x, np.bool_):
+        raise TypeError(f"{name} must be an int or None, got {x!r}")
+    if isinstance(x, numbers.Integral):
+        return
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer) or np.ndim(x) != 0:
+        raise TypeError(f"{name} must be an int, a 0-d integer array or None, "
+                        f"got {describe(x) if dtype is not None else repr(x)}")
+
+
+def ignored(name: str, ignore_index: Any, labels: jax.Array) -> jax.Array | None:
+    """Where ``labels`` equal ``ignore_index`` (None when it is None)."""
+    check_ignore_index(name, ignore_index)
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, numbers.Integral):
+        info = jnp.iinfo(labels.dtype)
+        if not info.min <= int(ignore_index) <= info.max:
+            return None  # no label can equal it (-100 and unsigned labels)
+    return labels == jnp.asarray(ignore_index).astype(labels.dtype)
+
+
 def non_negative(name: str, x: Any) -> None:
     _real(name, x)
     value = concrete_scalar(x)
@@ -235,30 +277,63 @@ def jit(
     *,
     static_argnames: Sequence[str] = (),
     checks: dict[str, Callable[[str, Any], None]] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``jax.jit`` that first checks the named arguments whose values are known.
 
-    A scalar such as ``margin`` or ``temperature`` may be traced (learned, or passed
-    through the caller's own jit), so it cannot be static; inside the jit its value is
-    never known. Checked here, before the jit, a Python or concrete value is validated
-    and a traced one passes as documented.
+    A scalar such as ``margin`` or ``temperature`` may be traced (learned, scheduled,
+    or passed through the caller's own jit), so it cannot be static; inside the jit its
+    value is never known. Checked here, before the jit, a Python or concrete value is
+    validated and a traced one passes as documented.
+
+    ``options`` maps numeric options to the value at which they are off (label
+    smoothing 0, temperature 1, ...). Such an option is a traced value, so a new value
+    does not recompile; only a Python number equal to its off value is passed on as
+    None, which compiles the path without the option (the defaults keep their code).
+
+    A static argument that cannot be hashed (an array where a Python value is
+    expected) raises a TypeError naming it, not jit's own message.
     """
+    static = tuple(static_argnames)
+    off_values = dict(options or {})
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         # jax.jit keeps the call signature, but its annotation (JitWrapped) does not say so.
-        jitted = cast("Callable[P, R]", jax.jit(fn, static_argnames=tuple(static_argnames)))
-        if not checks:
-            return jitted
+        jitted = cast("Callable[..., R]", jax.jit(fn, static_argnames=static))
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            bound = signature.bind(*args, **kwargs).arguments
-            for name, check in checks.items():
-                if name in bound:
-                    check(name, bound[name])
-            return jitted(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            arguments = bound.arguments
+            for name, check in (checks or {}).items():
+                if name in arguments:
+                    check(name, arguments[name])
+            for name in static:
+                if name in arguments:
+                    _hashable(name, arguments[name])
+            for name, off in off_values.items():
+                value = arguments.get(name, signature.parameters[name].default)
+                if _is_python_number(value, off):
+                    arguments[name] = None
+            return jitted(*bound.args, **bound.kwargs)
 
         return wrapper
 
     return decorate
+
+
+def _is_python_number(value: Any, off: Any) -> bool:
+    """Whether ``value`` is a Python (or NumPy) number equal to ``off``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | np.generic):
+        return False
+    return bool(value == off)
+
+
+def _hashable(name: str, value: Any) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} is a static option (it changes what is compiled) and must be a "
+            f"hashable Python value, got {describe(value)}") from None

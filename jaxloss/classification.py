@@ -118,13 +118,15 @@ def _check_sigmoid_bce(logits: ArrayLike, labels: ArrayLike, *,
 
 
 @register_checks(_check_sigmoid_bce)
-@_validate.jit(static_argnames=("label_smoothing", "reduction"))
+@_validate.jit(static_argnames=("reduction",),
+               checks={"label_smoothing": _validate.check_unit_interval},
+               options={"label_smoothing": 0.0})
 def sigmoid_binary_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
     pos_weight: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | ArrayLike = 0.0,
     where: ArrayLike | None = None,
     reduction: Reduction = "none",
 ) -> jax.Array:
@@ -168,17 +170,18 @@ def sigmoid_binary_cross_entropy(
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.numeric("labels", labels)
-    label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
     dtype = _validate.compute_dtype(logits.dtype)
+    smoothing = _validate.smoothing("label_smoothing", label_smoothing, dtype)
     if pos_weight is not None:
         pos_weight = _validate.numeric("pos_weight", pos_weight)
     _validate.broadcasts_to("logits", logits, labels=labels, pos_weight=pos_weight,
                             where=where)
     shape = logits.shape
     labels = labels.astype(dtype)
-    labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+    if smoothing is not None:
+        labels = labels * (1 - smoothing) + 0.5 * smoothing
     labels = jnp.broadcast_to(labels, shape)
     pos_weight = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
     losses = _sigmoid_bce(*match_varying(logits, labels, jnp.broadcast_to(pos_weight, shape)))
@@ -343,7 +346,7 @@ def _row_block(classes: int) -> int | None:
 
 
 def _log_normalizer(
-    x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype, beta: float | None = None,
+    x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype, beta: jax.Array | float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``, in
     ``dtype``, kept apart (see :mod:`jaxloss._softmax`).
@@ -380,7 +383,7 @@ def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
 
 def _cross_entropy_grad(
     x: jax.Array, m: jax.Array, log_s: jax.Array, valid: jax.Array | None, target: jax.Array,
-    g: jax.Array, beta: float | None = None,
+    g: jax.Array, beta: jax.Array | float | None = None,
 ) -> jax.Array:
     """:math:`g\\,(p \\sum_c a_c - a)`, the gradient of :math:`\\sum_c a_c(\\mathrm{lse} - x_c)`."""
     p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
@@ -393,13 +396,14 @@ def _cross_entropy_grad(
 
 # The inputs, then the row normalizer (m, log s).
 _SoftmaxCEResiduals = tuple[
-    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array, jax.Array]
+    jax.Array, jax.Array, jax.Array | None, jax.Array | None, _lm_head.Head | None,
+    jax.Array, jax.Array]
 _IntegerCEResiduals = tuple[
-    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None, jax.Array,
-    jax.Array]
+    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None,
+    _lm_head.Head | None, jax.Array, jax.Array]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+@jax.custom_vjp
 def _softmax_ce(
     logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
     valid: jax.Array | None, head: _lm_head.Head | None,
@@ -436,18 +440,18 @@ def _softmax_ce_fwd(
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
         loss = loss + z
-    return loss, (logits, labels, smoothing, valid, m, log_s)
+    return loss, (logits, labels, smoothing, valid, head, m, log_s)
 
 
 def _softmax_ce_bwd(
-    head: _lm_head.Head | None, residuals: _SoftmaxCEResiduals, g: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array | None, None]:
+    residuals: _SoftmaxCEResiduals, g: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array | None, None, _lm_head.Head | None]:
     r""":math:`\partial\ell/\partial x = p \sum_c q_c - q`;
     :math:`\partial\ell/\partial y_c = (1-\epsilon)(\mathrm{lse} - x_c)` on the classes
     that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
     (\mathrm{lse} - x_c)`; with ``head``, :math:`2\varepsilon_z \mathrm{lse}\,p` more
     on :math:`\partial\ell/\partial x'`, times :math:`\partial x'/\partial x`."""
-    logits, labels, smoothing, valid, m, log_s = residuals
+    logits, labels, smoothing, valid, head, m, log_s = residuals
     x = _lm_head.transform(logits.astype(labels.dtype), head)
     beta = _lm_head.beta(head)
     target = _dense_target(x, labels, smoothing, valid)
@@ -456,6 +460,9 @@ def _softmax_ce_bwd(
     if z is not None:
         p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
         d_logits = d_logits + _times((g * z)[..., None], p)
+    d_head = _lm_head.head_cotangent(
+        head, _lm_head.option_sums(head, d_logits, x, logits.astype(labels.dtype), m),
+        m[..., 0], log_s[..., 0], g)
     if _lm_head.transforms(head):
         d_logits = _lm_head.transform_grad(d_logits, logits.astype(labels.dtype), head)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
@@ -468,7 +475,7 @@ def _softmax_ce_bwd(
         shift = _smoothing_support(x, valid) - labels
         d_smoothing = 2 * jnp.sum(_times(g[..., None], shift * half))
         d_smoothing = d_smoothing.astype(smoothing.dtype)
-    return d_logits.astype(logits.dtype), d_labels, d_smoothing, None
+    return d_logits.astype(logits.dtype), d_labels, d_smoothing, None, d_head
 
 
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
@@ -483,20 +490,19 @@ def _check_softmax_ce(logits: ArrayLike, labels: ArrayLike, *,
 
 
 @register_checks(_check_softmax_ce)
-@_validate.jit(static_argnames=("axis", "label_smoothing", "reduction", "softcap",
-                               "temperature", "z_loss"),
-               checks=_lm_head.CHECKS)
+@_validate.jit(static_argnames=("axis", "reduction"), checks=_lm_head.CHECKS,
+               options={"label_smoothing": 0.0, **_lm_head.OFF})
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
     axis: int | tuple[int, ...] = -1,
     where: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
+    label_smoothing: float | ArrayLike = 0.0,
     reduction: Reduction = "none",
-    softcap: float | None = None,
-    temperature: float = 1.0,
-    z_loss: float = 0.0,
+    softcap: float | ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    z_loss: float | ArrayLike = 0.0,
 ) -> jax.Array:
     r"""Softmax cross-entropy with one-hot or soft targets.
 
@@ -552,16 +558,13 @@ def softmax_cross_entropy(
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.numeric("labels", labels)
-    smoothing_value = _validate.concrete_scalar(label_smoothing)
-    label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
     dtype = _validate.compute_dtype(logits.dtype)
+    smoothing = _validate.smoothing("label_smoothing", label_smoothing, dtype)
     x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype)
-    # label_smoothing is static: 0 compiles without the smoothing terms.
-    smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
-    head = _lm_head.head(softcap, temperature, z_loss)
-    losses = _softmax_ce(*match_varying(x, y, smoothing, valid), head)
+    head = _lm_head.head(softcap, temperature, z_loss, dtype)
+    losses = _softmax_ce(*_lm_head.match_varying_with_head(head, x, y, smoothing, valid))
     rows = None if valid is None else jnp.any(valid, axis=-1)
     return weighted_reduce(losses, reduction, where=rows, denominator=None)
 
@@ -620,26 +623,28 @@ def _label_coefficient(
     return coefficient if smoothing is None else (1 - smoothing) * coefficient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _integer_ce(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    smoothing: jax.Array | None, valid: jax.Array | None, gather: bool,
-    head: _lm_head.Head | None, with_stats: bool,
+    smoothing: jax.Array | None, valid: jax.Array | None, head: _lm_head.Head | None,
+    gather: bool, with_stats: bool,
 ) -> Any:
-    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, gather, head,
+    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, head, gather,
                            with_stats)[0]
 
 
 def _integer_ce_fwd(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    smoothing: jax.Array | None, valid: jax.Array | None, gather: bool,
-    head: _lm_head.Head | None, with_stats: bool,
+    smoothing: jax.Array | None, valid: jax.Array | None, head: _lm_head.Head | None,
+    gather: bool, with_stats: bool,
 ) -> tuple[Any, _IntegerCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
     (\mathrm{lse} - x_c) + \varepsilon_z \mathrm{lse}^2` with :math:`\alpha = (1 -
     \epsilon) w_y`, on the logits as ``head`` transforms them; NaN for a label outside
-    ``[0, C)``. Residuals: the inputs and the normalizer :math:`(m, \log s)` per row.
-    With ``with_stats`` the output is ``(loss, m, log_s, x_y)``."""
+    ``[0, C)``. The output is :math:`\ell/2`, doubled after the reduction (exactly: a
+    power of 2), so that a weighted mean of losses near the float maximum is finite
+    where it fits. Residuals: the inputs and the normalizer :math:`(m, \log s)` per
+    row. With ``with_stats`` the output is ``(loss / 2, m, log_s, x_y)``."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
     beta = _lm_head.beta(head)
@@ -656,30 +661,31 @@ def _integer_ce_fwd(
     if smooth is not None:
         half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
         loss = loss + jnp.sum(_times(smooth, half), axis=-1)
-    loss = 2 * loss
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
-        loss = loss + z
+        loss = loss + 0.5 * z
     in_range = (labels >= 0) & (labels < x.shape[-1])
     loss = jnp.where(in_range, loss, jnp.nan)
     out = (loss, m[..., 0], log_s[..., 0], label_logit) if with_stats else loss
-    return out, (logits, labels, class_weights, smoothing, valid, m, log_s)
+    return out, (logits, labels, class_weights, smoothing, valid, head, m, log_s)
 
 
 def _integer_ce_bwd(
-    gather: bool, head: _lm_head.Head | None, with_stats: bool,
-    residuals: _IntegerCEResiduals, g: Any,
-) -> tuple[jax.Array, None, jax.Array | None, jax.Array | None, None]:
+    gather: bool, with_stats: bool, residuals: _IntegerCEResiduals, g: Any,
+) -> tuple[jax.Array, None, jax.Array | None, jax.Array | None, None,
+           _lm_head.Head | None]:
     r""":math:`\partial\ell/\partial x' = p \,(\sum_c a_c + 2\varepsilon_z
     \mathrm{lse}) - a` with :math:`a = \alpha\,\mathrm{onehot}(y) + \epsilon w u`
     (NaN on rows whose label is out of range), times :math:`\partial x'/\partial x`;
     :math:`\partial\ell/\partial w_c = \sum_n q_{nc}(\mathrm{lse}_n - x_{nc})`;
     :math:`\partial\ell/\partial\epsilon = \sum_n [\sum_c w_c u_{nc}(\mathrm{lse}_n
     - x_{nc}) - w_{y_n}(\mathrm{lse}_n - x_{n y_n})]`. The statistics of
-    ``with_stats`` have no gradient: their cotangents are dropped."""
+    ``with_stats`` have no gradient: their cotangents are dropped. The options of
+    ``head`` get theirs from :func:`jaxloss._lm_head.head_cotangent`."""
     if with_stats:
         g = g[0]
-    logits, labels, class_weights, smoothing, valid, m, log_s = residuals
+    g = 0.5 * g  # the output is half the loss
+    logits, labels, class_weights, smoothing, valid, head, m, log_s = residuals
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
     beta = _lm_head.beta(head)
@@ -696,6 +702,9 @@ def _integer_ce_bwd(
     d_logits = d_logits - _at_label(_times(g, alpha), labels, x.shape)
     flagged = ~((labels >= 0) & (labels < x.shape[-1])) & (g != 0)
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
+    d_head = _lm_head.head_cotangent(
+        head, _lm_head.option_sums(head, d_logits, x, logits.astype(dtype), m), m[..., 0],
+        log_s[..., 0], g)
     if _lm_head.transforms(head):
         d_logits = _lm_head.transform_grad(d_logits, logits.astype(dtype), head)
     d_weights = d_smoothing = None
@@ -721,7 +730,7 @@ def _integer_ce_bwd(
             w_y = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
         shift = jnp.sum(_times(w_u, half), axis=-1) - _times(w_y, label_half)
         d_smoothing = (2 * jnp.sum(_times(g, shift))).astype(smoothing.dtype)
-    return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None
+    return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None, d_head
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
@@ -748,9 +757,8 @@ def _check_integer_ce(logits: ArrayLike, labels: ArrayLike, *,
 
 @register_checks(_check_integer_ce)
 @_validate.jit(
-    static_argnames=("axis", "ignore_index", "label_smoothing", "reduction", "axis_name",
-                     "softcap", "temperature", "z_loss", "return_aux"),
-    checks=_lm_head.CHECKS,
+    static_argnames=("axis", "reduction", "axis_name", "return_aux"),
+    checks=_lm_head.CHECKS, options={"label_smoothing": 0.0, **_lm_head.OFF},
 )
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
@@ -758,14 +766,14 @@ def softmax_cross_entropy_with_integer_labels(
     *,
     axis: int | tuple[int, ...] = -1,
     where: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
+    ignore_index: int | ArrayLike | None = -100,
+    label_smoothing: float | ArrayLike = 0.0,
     class_weights: ArrayLike | None = None,
     reduction: Reduction = "none",
     axis_name: AxisName | None = None,
-    softcap: float | None = None,
-    temperature: float = 1.0,
-    z_loss: float = 0.0,
+    softcap: float | ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    z_loss: float | ArrayLike = 0.0,
     return_aux: bool = False,
 ) -> Any:
     r"""Softmax cross-entropy with integer class labels (PyTorch ``CrossEntropyLoss``).
@@ -798,8 +806,11 @@ def softmax_cross_entropy_with_integer_labels(
       where: a boolean mask of classes (the shape of ``logits``) or of rows (the
         batch shape), as in optax.
       ignore_index: a label value whose rows get loss 0 and gradient 0 and are left
-        out of ``"mean"`` (PyTorch's default is -100).
-      label_smoothing: :math:`\epsilon` in [0, 1].
+        out of ``"mean"``: -100 by default, as PyTorch's (and Hugging Face's, Liger's,
+        Cut Cross-Entropy's) padding label; None ignores no label. An int or a traced
+        integer scalar.
+      label_smoothing: :math:`\epsilon` in [0, 1], a Python float or a traced scalar
+        (a new value does not recompile; differentiable).
       class_weights: :math:`w`, one non-negative weight per class (with
         ``axis_name``: this device's slice of them, like the logits).
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
@@ -859,11 +870,10 @@ def softmax_cross_entropy_with_integer_labels(
     """
     logits = _validate.floating("logits", logits)
     labels = _validate.integer("labels", labels)
-    smoothing_value = _validate.concrete_scalar(label_smoothing)
-    label_smoothing = _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
     dtype = _validate.compute_dtype(logits.dtype)
+    smoothing = _validate.smoothing("label_smoothing", label_smoothing, dtype)
     x, _ = _classes_last(logits, axis)
     _validate.same_shape("labels", labels, x.shape[:-1], "logits without the class axis")
     num_classes = x.shape[-1]
@@ -875,10 +885,7 @@ def softmax_cross_entropy_with_integer_labels(
         _validate.same_shape("class_weights", class_weights, (num_classes,),
                              "one weight per class")
         class_weights = class_weights.astype(dtype)
-    # label_smoothing is static: 0 compiles without the smoothing terms.
-    smoothing = None if smoothing_value == 0.0 else jnp.asarray(label_smoothing, dtype)
-
-    head = _lm_head.head(softcap, temperature, z_loss)
+    head = _lm_head.head(softcap, temperature, z_loss, dtype)
 
     if axis_name is not None:
         if not isinstance(axis, int):
@@ -887,30 +894,30 @@ def softmax_cross_entropy_with_integer_labels(
                 f"has no contiguous global class ids), got axis={axis!r}")
         losses, keep, denominator, stats = _vocab_parallel_integer_ce(
             x, labels, axis_name=axis_name, valid=valid, ignore_index=ignore_index,
-            # label_smoothing is static, so concrete: not None (only a complex scalar,
-            # which in_unit_interval lets through, would be).
-            label_smoothing=smoothing_value,  # type: ignore[arg-type]
-            class_weights=class_weights, head=head, with_stats=return_aux)
-        loss = weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+            smoothing=smoothing, class_weights=class_weights, head=head,
+            with_stats=return_aux)
+        loss = 2 * weighted_reduce(losses, reduction, where=keep, denominator=denominator)
         if not return_aux:
             return loss
         assert stats is not None
         return loss, _lm_head.aux(head, *stats, keep)
 
     keep = None if valid is None else jnp.any(valid, axis=-1)
-    if ignore_index is not None:
-        ignored = labels == ignore_index
+    ignored = _validate.ignored("ignore_index", ignore_index, labels)
+    if ignored is not None:
         keep = ~ignored if keep is None else keep & ~ignored
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
     gather = not _class_axis_sharded(x)
-    out = _integer_ce(*match_varying(x, labels, class_weights, smoothing, valid), gather,
-                      head, return_aux)
+    x, labels, class_weights, smoothing, valid, head = _lm_head.match_varying_with_head(
+        head, x, labels, class_weights, smoothing, valid)
+    out = _integer_ce(x, labels, class_weights, smoothing, valid, head, gather, return_aux)
     losses = out[0] if return_aux else out
     denominator = None
     if class_weights is not None:
         denominator = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
-    loss = weighted_reduce(losses, reduction, where=keep, denominator=denominator)
+    # Halves, reduced, then doubled (exact): a weighted mean that fits stays finite.
+    loss = 2 * weighted_reduce(losses, reduction, where=keep, denominator=denominator)
     if not return_aux:
         return loss
     _, m, log_s, label_logit = out
@@ -1047,13 +1054,14 @@ def _check_nll(log_probs: ArrayLike, labels: ArrayLike, *,
 
 
 @register_checks(_check_nll)
-@_validate.jit(static_argnames=("ignore_index", "reduction"))
+@_validate.jit(static_argnames=("reduction",),
+               checks={"ignore_index": _validate.check_ignore_index})
 def nll_loss(
     log_probs: ArrayLike,
     labels: ArrayLike,
     *,
     class_weights: ArrayLike | None = None,
-    ignore_index: int | None = None,
+    ignore_index: int | ArrayLike | None = -100,
     where: ArrayLike | None = None,
     reduction: Reduction = "none",
 ) -> jax.Array:
@@ -1082,7 +1090,8 @@ def nll_loss(
       class_weights: :math:`w`, one non-negative weight per class (PyTorch's
         ``weight``), ``[num_classes]``.
       ignore_index: a label value whose rows get loss 0 and gradient 0 and are left out
-        of ``"mean"`` (PyTorch's default is -100; here None: no label is ignored).
+        of ``"mean"``: -100 by default, as PyTorch's; None ignores no label. An int or
+        a traced integer scalar (a new value does not recompile).
       where: boolean mask of the rows to include, broadcastable to ``labels``.
       reduction: ``"none"`` (default, one value per row), ``"mean"`` or ``"sum"``.
 
@@ -1114,8 +1123,8 @@ def nll_loss(
     dtype = _validate.compute_dtype(log_probs.dtype)
     num_classes = log_probs.shape[-1]
     keep = None if where is None else jnp.broadcast_to(where, labels.shape)
-    if ignore_index is not None:
-        ignored = labels == ignore_index
+    ignored = _validate.ignored("ignore_index", ignore_index, labels)
+    if ignored is not None:
         keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
         # A safe label on the rows left out keeps their (masked) gradient free of NaN.

@@ -73,7 +73,7 @@ from collections.abc import Sequence
 from typing import overload
 
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "AxisName",
@@ -255,3 +255,23 @@ def model_mesh(
     if len(axis_names) != 2 or axis_names[0] == axis_names[1]:
         raise ValueError(f"axis_names must be two distinct names, got {axis_names!r}")
     return _mesh((len(devices) // model, model), tuple(axis_names), axis_types, devices)
+
+
+def replicated_sharding(*xs: jax.Array | None) -> NamedSharding | None:
+    """A replicated ``NamedSharding`` on the Explicit mesh that any of ``xs`` is sharded
+    over (JAX's default axes: ``jax.make_mesh`` without ``axis_types``), or None where
+    none is (single device, Auto axes, inside ``jax.shard_map``).
+
+    A contraction over a batch axis split over an Explicit axis (``hidden.T @ grad``,
+    the weight's gradient summed over the rows) has no output sharding JAX can infer:
+    it must be given, and the sum of every device's rows is replicated."""
+    for x in xs:
+        if x is None:
+            continue
+        mesh = getattr(jax.typeof(x).sharding, "mesh", None)
+        types = getattr(mesh, "axis_types", ())
+        if mesh is not None and types and all(t == AxisType.Explicit for t in types):
+            spec = jax.typeof(x).sharding.spec
+            if any(s is not None for s in spec):
+                return NamedSharding(mesh, PartitionSpec())
+    return None

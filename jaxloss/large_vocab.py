@@ -34,6 +34,7 @@ from jaxloss.distributed import (
     axis_index,
     axis_size,
     match_varying,
+    replicated_sharding,
     varying,
     varying_axes,
 )
@@ -93,6 +94,26 @@ def _total_cotangent(g: jax.Array, typed_residual: jax.Array, axis_name: AxisNam
     return jax.lax.psum(g, axis_name)
 
 
+def _replicated_share(
+    sums: _Sums, typed_residual: jax.Array, axis_name: AxisName
+) -> tuple[_Sums, float]:
+    """How a backward pass returns the cotangent of an input replicated over
+    ``axis_name`` (the smoothing, the head's options), from this device's ``sums`` over
+    its classes and per-row terms that are the same on every device: with
+    ``check_vma=True`` (read off a residual, as in :func:`_total_cotangent`) the input is
+    typed invariant, so the sums are ``psum``-ed and the row terms counted once; under
+    ``check_vma=False`` shard_map's transpose adds the devices' cotangents up, so each
+    returns its sums and ``1/n`` of the row terms. Returns the sums and that share."""
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    if all(a in varying_axes(typed_residual) for a in axes):
+        return cast(_Sums, tuple(None if x is None else jax.lax.psum(x, axis_name)
+                                 for x in sums)), 1.0
+    return sums, 1 / axis_size(axis_name)
+
+
+_Sums = tuple[jax.Array | None, jax.Array | None]
+
+
 def _shard_labels(
     labels: jax.Array, local_vocab: int, axis_name: AxisName | None
 ) -> tuple[jax.Array, int, jax.Array]:
@@ -126,27 +147,28 @@ def _owner_pick(values: jax.Array, local: jax.Array, axis_name: AxisName) -> jax
 
 
 # The inputs; per row the normalizer (m, log s), alpha, the total target weight (with
-# smoothing), half the label's -log p (with class weights) and the count of classes
-# (with smoothing).
+# smoothing), half the label's -log p (with class weights), the count of classes and
+# the loss's derivative with respect to the smoothing (with smoothing).
 _ShardedCEResiduals = tuple[
-    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array, jax.Array, jax.Array,
+    jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None,
+    _lm_head.Head | None, jax.Array, jax.Array, jax.Array, jax.Array | None,
     jax.Array | None, jax.Array | None, jax.Array | None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _sharded_integer_ce(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    valid: jax.Array | None, smoothing: float, axis_name: AxisName,
-    head: _lm_head.Head | None, with_stats: bool,
+    valid: jax.Array | None, smoothing: jax.Array | None, head: _lm_head.Head | None,
+    axis_name: AxisName, with_stats: bool,
 ) -> Any:
-    return _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing,
-                                   axis_name, head, with_stats)[0]
+    return _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, head,
+                                   axis_name, with_stats)[0]
 
 
 def _sharded_integer_ce_fwd(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    valid: jax.Array | None, smoothing: float, axis_name: AxisName,
-    head: _lm_head.Head | None, with_stats: bool,
+    valid: jax.Array | None, smoothing: jax.Array | None, head: _lm_head.Head | None,
+    axis_name: AxisName, with_stats: bool,
 ) -> tuple[Any, _ShardedCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \epsilon \sum_c w_c u_c
     (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`, the classes split
@@ -171,33 +193,34 @@ def _sharded_integer_ce_fwd(
     # (classification._integer_ce_fwd).
     label_logit = _owner_pick(x, local, axis_name)
     label_half = _softmax.neg_log_probabilities(label_logit, m, log_s, scale=0.5, beta=beta)
-    alpha = (jnp.ones(labels.shape, dtype) if class_weights is None
-             else _owner_pick(class_weights, local, axis_name))
-    if smoothing:
-        alpha = (1 - smoothing) * alpha
+    weight_y = (jnp.ones(labels.shape, dtype) if class_weights is None
+                else _owner_pick(class_weights, local, axis_name))
+    alpha = weight_y if smoothing is None else (1 - smoothing) * weight_y
     loss = _times(alpha, label_half)
-    total = count = None
-    if smoothing:
+    total = count = d_smoothing = None
+    if smoothing is not None:
         support = masked > -jnp.inf
         count = jax.lax.psum(jnp.sum(support, axis=-1), axis_name)
-        smooth = _shard_smoothing(support, count, class_weights, smoothing, dtype)
+        # w u (lse - x) / 2 summed over the row: the smoothing term over epsilon.
+        uniform = _shard_smoothing(support, count, class_weights, 1.0, dtype)
         half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None], scale=0.5,
                                               beta=beta)
-        loss = loss + jax.lax.psum(jnp.sum(_times(smooth, half), axis=-1), axis_name)
-        total = alpha + jax.lax.psum(jnp.sum(smooth, axis=-1), axis_name)
-    loss = 2 * loss
+        spread = jax.lax.psum(jnp.sum(_times(uniform, half), axis=-1), axis_name)
+        loss = loss + smoothing * spread
+        total = alpha + smoothing * jax.lax.psum(jnp.sum(uniform, axis=-1), axis_name)
+        d_smoothing = 2 * (spread - _times(weight_y, label_half))
     z = _lm_head.z_term(head, m, log_s)
     if z is not None:
-        loss = loss + z
+        loss = loss + 0.5 * z
     loss = jnp.where(in_range, loss, jnp.nan)
-    residuals = (logits, labels, class_weights, valid, m, log_s, alpha, total,
-                 None if class_weights is None else label_half, count)
+    residuals = (logits, labels, class_weights, valid, smoothing, head, m, log_s, alpha,
+                 total, None if class_weights is None else label_half, count, d_smoothing)
     return ((loss, m, log_s, label_logit) if with_stats else loss), residuals
 
 
 def _shard_smoothing(
-    support: jax.Array, count: jax.Array, class_weights: jax.Array | None, smoothing: float,
-    dtype: jnp.dtype,
+    support: jax.Array, count: jax.Array, class_weights: jax.Array | None,
+    smoothing: jax.Array | float, dtype: jnp.dtype,
 ) -> jax.Array:
     """:math:`\\epsilon w_c u_c` on this shard's classes, :math:`u` uniform over the
     ``count`` classes of the row (on every shard) that exist."""
@@ -206,18 +229,21 @@ def _shard_smoothing(
 
 
 def _sharded_integer_ce_bwd(
-    smoothing: float, axis_name: AxisName, head: _lm_head.Head | None, with_stats: bool,
-    residuals: _ShardedCEResiduals, g: Any,
-) -> tuple[jax.Array, None, jax.Array | None, None]:
+    axis_name: AxisName, with_stats: bool, residuals: _ShardedCEResiduals, g: Any,
+) -> tuple[jax.Array, None, jax.Array | None, None, jax.Array | None,
+           _lm_head.Head | None]:
     r""":math:`\partial\ell/\partial x_c = p_c (\alpha + \epsilon \sum_k w_k u_k) -
     \alpha [c = y] - \epsilon w_c u_c` on this shard's classes (:math:`p` rebuilt from
     the global :math:`\mathrm{lse}`, no collective); :math:`\partial\ell/\partial w_c
     = (1 - \epsilon)[c = y](\mathrm{lse} - x_y) + \epsilon u_c(\mathrm{lse} - x_c)`;
     with ``head``, :math:`2\varepsilon_z \mathrm{lse}\,p_c` more, times
-    :math:`\partial x'/\partial x`."""
+    :math:`\partial x'/\partial x`. The smoothing and the options of ``head`` are
+    replicated over the axis (:func:`_replicated_share`)."""
     if with_stats:
         g = g[0]
-    logits, labels, class_weights, valid, m, log_s, alpha, total, label_half, count = residuals
+    g = 0.5 * g  # the output is half the loss
+    (logits, labels, class_weights, valid, smoothing, head, m, log_s, alpha, total,
+     label_half, count, d_smoothing_rows) = residuals
     g = _total_cotangent(g, logits, axis_name)
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
@@ -230,7 +256,7 @@ def _sharded_integer_ce_bwd(
     if z is not None:
         coefficient = coefficient + z
     d_logits = _times((g * coefficient)[..., None], p)
-    if smoothing:
+    if smoothing is not None:
         assert count is not None  # kept by the forward pass with smoothing
         smooth = _shard_smoothing(masked > -jnp.inf, count, class_weights, smoothing, dtype)
         d_logits = d_logits - _times(g[..., None], smooth)
@@ -240,20 +266,29 @@ def _sharded_integer_ce_bwd(
     # cotangent is not 0.
     flagged = ~in_range & (g != 0)
     d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
+    sums, share = _replicated_share(
+        _lm_head.option_sums(head, d_logits, x, logits.astype(dtype), m[..., None]), logits,
+        axis_name)
+    d_head = _lm_head.head_cotangent(head, sums, m, log_s, g, share)
     if _lm_head.transforms(head):
         d_logits = _lm_head.transform_grad(d_logits, logits.astype(dtype), head)
+    d_smoothing = None
+    if smoothing is not None:
+        assert d_smoothing_rows is not None
+        d_smoothing = (share * jnp.sum(_times(g, d_smoothing_rows))).astype(smoothing.dtype)
     d_weights = None
     if class_weights is not None:
         assert label_half is not None  # kept by the forward pass with class weights
-        per_class = jnp.where(hit, _times(g, (1 - smoothing) * label_half)[..., None], 0)
-        if smoothing:
+        keep = 1.0 if smoothing is None else 1 - smoothing
+        per_class = jnp.where(hit, _times(g, keep * label_half)[..., None], 0)
+        if smoothing is not None:
             assert count is not None
             uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
             half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None],
                                                   scale=0.5, beta=beta)
             per_class = per_class + _times(g[..., None], _times(uniform, half))
         d_weights = 2 * jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
-    return d_logits.astype(logits.dtype), None, d_weights, None
+    return d_logits.astype(logits.dtype), None, d_weights, None, d_smoothing, d_head
 
 
 _sharded_integer_ce.defvjp(_sharded_integer_ce_fwd, _sharded_integer_ce_bwd)
@@ -265,8 +300,8 @@ def _vocab_parallel_integer_ce(
     *,
     axis_name: AxisName,
     valid: jax.Array | None = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
+    ignore_index: Any = None,
+    smoothing: jax.Array | None = None,
     class_weights: jax.Array | None = None,
     head: _lm_head.Head | None = None,
     with_stats: bool = False,
@@ -288,8 +323,9 @@ def _vocab_parallel_integer_ce(
         shards the classes.
       valid: None or a boolean class mask of this device's classes, ``logits.shape``
         (a row mask broadcast over them is fine): ``where`` with the classes last.
-      ignore_index: a label value whose rows are left out (``keep`` False).
-      label_smoothing: :math:`\epsilon`, a Python float (static; no gradient).
+      ignore_index: a label value whose rows are left out (``keep`` False), or None.
+      smoothing: :math:`\epsilon`, a scalar in the compute dtype (differentiable), or
+        None.
       class_weights: this device's ``[V/n]`` slice of the class weights (sharded like
         the logits' class axis, ``P(axis_name)``), in the compute dtype; differentiable.
       head: softcap, temperature and z-loss (:mod:`jaxloss._lm_head`), or None.
@@ -298,7 +334,9 @@ def _vocab_parallel_integer_ce(
     Returns:
       ``(losses, keep, denominator, stats)``: the first three are the arguments of
       ``weighted_reduce(losses, reduction, where=keep, denominator=denominator)``:
-      the per-row losses (``logits.shape[:-1]``, equal on every shard of the axis, NaN
+      half the per-row losses (doubled after the reduction, exactly, so that a
+      weighted mean near the float maximum stays finite; ``logits.shape[:-1]``, equal
+      on every shard of the axis, NaN
       for a label outside ``[0, V)``), the rows kept (None: all; False where ``valid``
       excludes every class of the row on every shard, or the label is
       ``ignore_index``), and :math:`w_{y_n}` for ``"mean"`` (None without weights);
@@ -308,18 +346,19 @@ def _vocab_parallel_integer_ce(
     axis_size(axis_name)  # a clear error outside shard_map
     logits, class_weights = _vary_together((logits, class_weights), labels, valid,
                                            axis_name=axis_name)
+    # Replicated over the axis like the labels (:func:`_replicated_share`).
+    _, smoothing, head = _lm_head.match_varying_with_head(head, labels, smoothing)
     keep = None
     if valid is not None:
         rows = jnp.any(valid, axis=-1).astype(jnp.int32)
         keep = jax.lax.psum(rows, axis_name) > 0
-    if ignore_index is not None:
-        ignored = labels == ignore_index
+    ignored = _validate.ignored("ignore_index", ignore_index, labels)
+    if ignored is not None:
         keep = ~ignored if keep is None else keep & ~ignored
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
-    smoothing = float(label_smoothing)
-    out = _sharded_integer_ce(logits, labels, class_weights, valid, smoothing, axis_name,
-                              head, with_stats)
+    out = _sharded_integer_ce(logits, labels, class_weights, valid, smoothing, head,
+                              axis_name, with_stats)
     losses, stats = (out[0], out[1:]) if with_stats else (out, None)
     denominator = None
     if class_weights is not None:
@@ -392,7 +431,7 @@ _Carry = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
 
 def _scan_stats(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
+    vocab: int, chunk: int, smoothing: bool, axis_name: AxisName | None,
     precision: _validate.Precision, head: _lm_head.Head | None, entropy: bool,
 ) -> _Stats:
     """One scan over the chunks: the online log-sum-exp, the label's logit and, with
@@ -407,7 +446,6 @@ def _scan_stats(
     by ``psum``."""
     dtype = _validate.compute_dtype(hidden.dtype, weight.dtype,
                                     *(() if bias is None else (bias.dtype,)))
-    rows = hidden.shape[0]
     local, total_vocab, _ = _shard_labels(labels, vocab, axis_name)
     caps = _lm_head.caps(head)
     beta = _lm_head.beta(head)
@@ -435,9 +473,11 @@ def _scan_stats(
             count = count + jnp.sum(exists, axis=1, dtype=count.dtype)
         return (m_new, s, x_label, x_sum, count, t), None
 
-    init = (jnp.full((rows,), -jnp.inf, dtype), jnp.zeros((rows,), dtype),
-            jnp.zeros((rows,), dtype), jnp.zeros((rows,), dtype),
-            jnp.zeros((rows,), labels.dtype), jnp.zeros((rows,), dtype))
+    # Per-row carries shaped and sharded like the labels (on an Explicit mesh a carry
+    # must keep the rows' sharding through the scan).
+    zeros = jnp.zeros_like(labels, dtype=dtype)
+    init = (jnp.full_like(zeros, -jnp.inf), zeros, zeros, zeros, jnp.zeros_like(labels),
+            zeros)
     init = _vary_together(init, hidden, weight, bias, labels)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
     (m, s, x_label, x_sum, count, t), _outputs = jax.lax.scan(step, init, starts)
@@ -453,7 +493,7 @@ def _scan_stats(
 
 
 def _rescaled_t(m: jax.Array, s: jax.Array, t: jax.Array, shift: jax.Array,
-                beta: float | None) -> jax.Array:
+                beta: jax.Array | float | None) -> jax.Array:
     """``t`` (relative to ``m``, with the sum ``s``) relative to ``shift`` >= ``m``:
     :math:`e^{\\beta(m - shift)}(t + \\beta(m - shift)\\,s)`; 0 while ``s`` is 0
     (``m = -inf``)."""
@@ -466,7 +506,7 @@ def _rescaled_t(m: jax.Array, s: jax.Array, t: jax.Array, shift: jax.Array,
 
 
 def _entropy_update(m: jax.Array, s: jax.Array, t: jax.Array, x: jax.Array,
-                    beta: float | None) -> jax.Array:
+                    beta: jax.Array | float | None) -> jax.Array:
     """The running ``t`` of :func:`_scan_stats` with the block ``x`` folded in (of
     :math:`\\beta x` with ``beta``: the differences are scaled, never the logits)."""
     shift = _softmax.finite_shift(
@@ -482,50 +522,54 @@ def _entropy_update(m: jax.Array, s: jax.Array, t: jax.Array, x: jax.Array,
 
 def _forward(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
+    vocab: int, chunk: int, smoothing: jax.Array | None, axis_name: AxisName | None,
     precision: _validate.Precision, head: _lm_head.Head | None,
-) -> tuple[jax.Array, _Stats]:
-    """The loss per row from :func:`_scan_stats`, and the statistics."""
-    stats = _scan_stats(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
-                        precision, head, entropy=False)
+) -> tuple[jax.Array, _Stats, jax.Array | None]:
+    """The loss per row from :func:`_scan_stats`, the statistics and, with smoothing,
+    the loss's derivative with respect to it per row (uniform term minus the label's)."""
+    stats = _scan_stats(hidden, weight, bias, labels, vocab, chunk, smoothing is not None,
+                        axis_name, precision, head, entropy=False)
     m, log_s = stats.m, stats.log_s
     dtype = log_s.dtype
     _, total_vocab, in_range = _shard_labels(labels, vocab, axis_name)
     beta = _lm_head.beta(head)
     loss = _softmax.neg_log_probabilities(stats.x_label, m, log_s, beta=beta)
-    if smoothing:
+    d_smoothing = None
+    if smoothing is not None:
         count = stats.n_finite
         mean = stats.x_sum * (total_vocab / jnp.maximum(count, 1).astype(dtype))
         spread = m - mean if beta is None else beta * (m - mean)
         uniform = jnp.where(count > 0, spread + log_s, 0)
-        loss = _times(jnp.asarray(1 - smoothing, dtype), loss) + smoothing * uniform
+        d_smoothing = uniform - loss
+        loss = _times(1 - smoothing, loss) + smoothing * uniform
     z = _lm_head.z_term(head, m, log_s)
     if z is not None:
         loss = loss + z
     loss = jnp.where(in_range, loss, jnp.nan)
-    return loss, stats
+    return loss, stats, d_smoothing
 
 
 # The inputs, the normalizer (m, log s) per row and, with smoothing, the count of
-# classes per row whose logit is finite.
-_LinearCEResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array,
-                           jax.Array, jax.Array | None]
+# classes per row whose logit is finite and the loss's derivative by the smoothing.
+_LinearCEResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array,
+                           jax.Array | None, _lm_head.Head | None, jax.Array, jax.Array,
+                           jax.Array | None, jax.Array | None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
 def _linear_ce(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
-    precision: _validate.Precision, head: _lm_head.Head | None, with_stats: bool,
+    smoothing: jax.Array | None, head: _lm_head.Head | None, vocab: int, chunk: int,
+    axis_name: AxisName | None, precision: _validate.Precision, with_stats: bool,
 ) -> Any:
-    return _linear_ce_fwd(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
-                          precision, head, with_stats)[0]
+    return _linear_ce_fwd(hidden, weight, bias, labels, smoothing, head, vocab, chunk,
+                          axis_name, precision, with_stats)[0]
 
 
 def _linear_ce_fwd(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
-    precision: _validate.Precision, head: _lm_head.Head | None, with_stats: bool,
+    smoothing: jax.Array | None, head: _lm_head.Head | None, vocab: int, chunk: int,
+    axis_name: AxisName | None, precision: _validate.Precision, with_stats: bool,
 ) -> tuple[Any, _LinearCEResiduals]:
     r""":math:`\ell_n = \sum_c q_{nc}(\mathrm{lse}(x'_n) - x'_{nc}) + \varepsilon_z
     \mathrm{lse}(x'_n)^2`, NaN for a label outside ``[0, V)``. Residuals: the inputs,
@@ -533,11 +577,11 @@ def _linear_ce_fwd(
     classes per row whose logit is finite. With ``axis_name`` (``vocab`` is then this
     device's share) these are global: over every shard. With ``with_stats`` the output
     is ``(loss, m, log_s, x'_y)``."""
-    loss, st = _forward(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
-                        precision, head)
+    loss, st, d_smoothing = _forward(hidden, weight, bias, labels, vocab, chunk, smoothing,
+                                     axis_name, precision, head)
     out = (loss, st.m, st.log_s, st.x_label) if with_stats else loss
-    return out, (hidden, weight, bias, labels, st.m, st.log_s,
-                 st.n_finite if smoothing else None)
+    return out, (hidden, weight, bias, labels, smoothing, head, st.m, st.log_s,
+                 None if smoothing is None else st.n_finite, d_smoothing)
 
 
 # The gradient with respect to one chunk's (transformed) logits x', times the
@@ -550,7 +594,8 @@ def _backward(
     m: jax.Array, log_s: jax.Array, rows_on: jax.Array, vocab: int, chunk: int,
     axis_name: AxisName | None, precision: _validate.Precision,
     head: _lm_head.Head | None, chunk_grad: _ChunkGrad, like: tuple[jax.Array, ...],
-) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+) -> tuple[jax.Array, jax.Array, jax.Array | None,
+           tuple[jax.Array | None, jax.Array | None]]:
     r"""The scan of the backward passes: per chunk :math:`k` of columns, with
     :math:`G` = ``chunk_grad`` on those columns (the gradient with respect to the
     chunk's logits :math:`x'`, from the softmax :math:`P` rebuilt from the normalizer;
@@ -562,18 +607,21 @@ def _backward(
     device's columns and :math:`\partial H` is this device's share, which the transpose
     of :func:`_vary_together` (or shard_map's, under ``check_vma=False``) sums. Rows
     where ``rows_on`` is False (every cotangent 0: masked, ignored) reach no gradient,
-    even where their hidden state is NaN or inf."""
+    even where their hidden state is NaN or inf. Also the sums over the chunks of
+    :func:`jaxloss._lm_head.option_sums` (the temperature's and the softcap's
+    gradients; None where off)."""
     dtype = log_s.dtype
     operand = jnp.promote_types(hidden.dtype, weight.dtype)
     local, _, _ = _shard_labels(labels, vocab, axis_name)
     hidden_kept = jnp.where(rows_on[:, None], hidden, 0)
+    # The weight's gradient sums every device's rows: replicated on an Explicit mesh.
+    summed = replicated_sharding(hidden, labels)
     transform = _lm_head.transforms(head)
     caps = _lm_head.caps(head)
     beta = _lm_head.beta(head)
 
-    def step(carry: tuple[jax.Array, jax.Array, jax.Array | None], start: jax.Array
-             ) -> tuple[tuple[jax.Array, jax.Array, jax.Array | None], None]:
-        d_hidden, d_weight, d_bias = carry
+    def step(carry: _BackwardCarry, start: jax.Array) -> tuple[_BackwardCarry, None]:
+        d_hidden, d_weight, d_bias, t_sum, c_sum = carry
         begin, fresh = _chunk_columns(start, vocab, chunk)
         raw, w = _chunk_logits(hidden, weight, bias, begin, fresh, chunk, dtype, precision)
         x = _lm_head.transform(raw, head) if caps else raw
@@ -581,6 +629,9 @@ def _backward(
         columns = begin + jnp.arange(chunk, dtype=begin.dtype)
         onehot = _select(fresh, local[:, None] == columns, False).astype(dtype)
         grad = chunk_grad(x, p, onehot, fresh)
+        t, c = _lm_head.option_sums(head, grad, x, raw, m[:, None])
+        t_sum = None if t is None or t_sum is None else t_sum + t
+        c_sum = None if c is None or c_sum is None else c_sum + c
         if transform:
             grad = _lm_head.transform_grad(grad, raw, head)
         d_b = jnp.sum(grad, axis=0) if d_bias is not None else None
@@ -588,7 +639,7 @@ def _backward(
         d_hidden = d_hidden + jnp.matmul(grad, w.T, precision=precision,
                                          preferred_element_type=dtype)
         d_w = jnp.matmul(hidden_kept.T, grad, precision=precision,
-                         preferred_element_type=dtype)
+                         preferred_element_type=dtype, out_sharding=summed)
         old = jax.lax.dynamic_slice_in_dim(d_weight, begin, chunk, axis=1)
         d_weight = jax.lax.dynamic_update_slice_in_dim(
             d_weight, _select(fresh, d_w.astype(d_weight.dtype), old), begin, axis=1)
@@ -597,28 +648,38 @@ def _backward(
             old = jax.lax.dynamic_slice_in_dim(d_bias, begin, chunk)
             d_bias = jax.lax.dynamic_update_slice_in_dim(
                 d_bias, _select(fresh, d_b.astype(d_bias.dtype), old), begin, axis=0)
-        return (d_hidden, d_weight, d_bias), None
+        return (d_hidden, d_weight, d_bias, t_sum, c_sum), None
 
-    init = (jnp.zeros(hidden.shape, dtype), jnp.zeros(weight.shape, weight.dtype),
-            None if bias is None else jnp.zeros(bias.shape, bias.dtype))
+    on = (head is not None and head.temperature is not None,
+          head is not None and head.softcap is not None)
+    sums = tuple(jnp.zeros((), dtype, device=summed) if flag else None for flag in on)
+    init: _BackwardCarry = (
+        jnp.zeros_like(hidden, dtype=dtype), jnp.zeros(weight.shape, weight.dtype,
+                                                       device=summed),
+        None if bias is None else jnp.zeros(bias.shape, bias.dtype, device=summed),
+        sums[0], sums[1])
     init = _vary_together(init, hidden, weight, bias, labels, *like, log_s)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
-    (d_hidden, d_weight, d_bias), _outputs = jax.lax.scan(step, init, starts)
-    return d_hidden.astype(hidden.dtype), d_weight, d_bias
+    (d_hidden, d_weight, d_bias, t_sum, c_sum), _outputs = jax.lax.scan(step, init, starts)
+    return d_hidden.astype(hidden.dtype), d_weight, d_bias, (t_sum, c_sum)
+
+
+_BackwardCarry = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None,
+                       jax.Array | None]
 
 
 def _linear_ce_bwd(
-    vocab: int, chunk: int, smoothing: float, axis_name: AxisName | None,
-    precision: _validate.Precision, head: _lm_head.Head | None, with_stats: bool,
-    residuals: _LinearCEResiduals, g: Any,
-) -> tuple[jax.Array, jax.Array, jax.Array | None, None]:
+    vocab: int, chunk: int, axis_name: AxisName | None, precision: _validate.Precision,
+    with_stats: bool, residuals: _LinearCEResiduals, g: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, None, jax.Array | None,
+           _lm_head.Head | None]:
     r"""With :math:`P` the softmax and :math:`Q` the target, the gradient with respect
     to the logits is :math:`g\,(P\,(\sum_c q_c + 2\varepsilon_z \mathrm{lse}) - Q)`
     (:func:`_backward` chains it to the inputs). The statistics of ``with_stats`` have
     no gradient: their cotangents are dropped."""
     if with_stats:
         g = g[0]
-    hidden, weight, bias, labels, m, log_s, count = residuals
+    hidden, weight, bias, labels, smoothing, head, m, log_s, count, d_smoothing_rows = residuals
     if axis_name is not None:
         g = _total_cotangent(g, weight, axis_name)
     dtype = log_s.dtype
@@ -629,7 +690,7 @@ def _linear_ce_bwd(
     z = _lm_head.z_coefficient(head, m, log_s)
     total = None if z is None else 1 + z
     uniform = None
-    if smoothing:
+    if smoothing is not None:
         assert count is not None  # kept by the forward pass with smoothing
         uniform = smoothing / jnp.maximum(count, 1).astype(dtype)
         total = (1 - smoothing) + jnp.where(count > 0, smoothing, 0)
@@ -638,7 +699,7 @@ def _linear_ce_bwd(
 
     def chunk_grad(x: jax.Array, p: jax.Array, onehot: jax.Array,
                    fresh: jax.Array | None) -> jax.Array:
-        if smoothing:
+        if smoothing is not None:
             assert total is not None and uniform is not None
             target = (1 - smoothing) * onehot + jnp.where(x > -jnp.inf, uniform[:, None], 0)
             grad = p * total[:, None] - target
@@ -648,10 +709,18 @@ def _linear_ce_bwd(
             grad = p - onehot
         return _times(g[:, None], grad)
 
-    d_hidden, d_weight, d_bias = _backward(
+    d_hidden, d_weight, d_bias, sums = _backward(
         hidden, weight, bias, labels, m, log_s, g != 0, vocab, chunk, axis_name, precision,
         head, chunk_grad, (g,))
-    return d_hidden, d_weight, d_bias, None
+    share = 1.0
+    if axis_name is not None:
+        sums, share = _replicated_share(sums, weight, axis_name)
+    d_head = _lm_head.head_cotangent(head, sums, m, log_s, g, share)
+    d_smoothing = None
+    if smoothing is not None:
+        assert d_smoothing_rows is not None
+        d_smoothing = (share * jnp.sum(_times(g, d_smoothing_rows))).astype(smoothing.dtype)
+    return d_hidden, d_weight, d_bias, None, d_smoothing, d_head
 
 
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
@@ -706,10 +775,10 @@ def _linear_inputs(
 
 
 @register_checks(_check_linear_ce)
-@_validate.jit(static_argnames=("chunk_size", "ignore_index", "label_smoothing", "reduction",
-                               "axis_name", "precision", "softcap", "temperature", "z_loss",
+@_validate.jit(static_argnames=("chunk_size", "reduction", "axis_name", "precision",
                                "return_aux"),
-               checks={"precision": _validate.check_precision, **_lm_head.CHECKS})
+               checks={"precision": _validate.check_precision, **_lm_head.CHECKS},
+               options={"label_smoothing": 0.0, **_lm_head.OFF})
 def linear_softmax_cross_entropy(
     hidden: ArrayLike,
     weight: ArrayLike,
@@ -717,15 +786,15 @@ def linear_softmax_cross_entropy(
     *,
     bias: ArrayLike | None = None,
     chunk_size: int | None = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
+    ignore_index: int | ArrayLike | None = -100,
+    label_smoothing: float | ArrayLike = 0.0,
     where: ArrayLike | None = None,
     reduction: Reduction = "none",
     axis_name: AxisName | None = None,
     precision: _validate.Precision = None,
-    softcap: float | None = None,
-    temperature: float = 1.0,
-    z_loss: float = 0.0,
+    softcap: float | ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
+    z_loss: float | ArrayLike = 0.0,
     return_aux: bool = False,
 ) -> Any:
     r"""Softmax cross-entropy of ``hidden @ weight + bias`` with integer labels, without
@@ -834,7 +903,8 @@ def linear_softmax_cross_entropy(
         not divide :math:`V` (the last chunk is slid back to end at :math:`V` and its
         repeated columns masked).
       ignore_index: a label value whose rows get loss 0 and gradient 0 and are left
-        out of ``"mean"``.
+        out of ``"mean"``: -100 by default (PyTorch's padding label, which
+        :func:`shift_labels` fills in); None ignores no label.
       label_smoothing: :math:`\epsilon` in [0, 1] (PyTorch's
         :math:`(1 - \epsilon)\,\mathrm{onehot} + \epsilon / V`).
       where: boolean mask of the rows to include, ``labels.shape``.
@@ -901,8 +971,6 @@ def linear_softmax_cross_entropy(
     """
     hidden, weight, labels, bias, chunk = _linear_inputs(hidden, weight, labels, bias,
                                                          chunk_size)
-    smoothing = _validate.concrete_scalar(label_smoothing)
-    _validate.in_unit_interval("label_smoothing", label_smoothing)
     reduction = _validate.reduction(reduction)
     where = _validate.mask("where", where)
     features, vocab = weight.shape
@@ -913,8 +981,8 @@ def linear_softmax_cross_entropy(
     hidden = hidden.reshape(-1, features)
     labels = labels.reshape(-1)
     keep = None if where is None else where.reshape(-1)
-    if ignore_index is not None:
-        ignored = labels == ignore_index
+    ignored = _validate.ignored("ignore_index", ignore_index, labels)
+    if ignored is not None:
         keep = ~ignored if keep is None else keep & ~ignored
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
@@ -926,11 +994,14 @@ def linear_softmax_cross_entropy(
     index = jnp.int64 if jnp.dtype(dtype).itemsize > 4 else jnp.int32
     total_vocab = vocab if axis_name is None else vocab * axis_size(axis_name)
     labels = jnp.where((labels >= 0) & (labels < total_vocab), labels, -1).astype(index)
+    smoothing = _validate.smoothing("label_smoothing", label_smoothing, dtype)
+    head = _lm_head.head(softcap, temperature, z_loss, dtype)
     hidden, weight, bias = _vary_together((hidden, weight, bias), labels, axis_name=axis_name)
+    # Replicated over ``axis_name`` like the labels (:func:`_replicated_share`).
+    _, smoothing, head = _lm_head.match_varying_with_head(head, labels, smoothing)
     precision = _validate.precision("precision", precision)
-    head = _lm_head.head(softcap, temperature, z_loss)
-    out = _linear_ce(hidden, weight, bias, labels, vocab, chunk, smoothing, axis_name,
-                     precision, head, return_aux)
+    out = _linear_ce(hidden, weight, bias, labels, smoothing, head, vocab, chunk, axis_name,
+                     precision, return_aux)
     losses = out[0] if return_aux else out
     keep = None if keep is None else keep.reshape(shape)
     loss = weighted_reduce(losses.reshape(shape), reduction, where=keep, denominator=None)
@@ -945,44 +1016,44 @@ def linear_softmax_cross_entropy(
 
 
 # The inputs, then per row the normalizer (m, log s) and the entropy.
-_LogProbsResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array, jax.Array,
-                           jax.Array, jax.Array]
+_LogProbsResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array,
+                           _lm_head.Head | None, jax.Array, jax.Array, jax.Array]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _log_probs(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    vocab: int, chunk: int, precision: _validate.Precision, head: _lm_head.Head | None,
+    head: _lm_head.Head | None, vocab: int, chunk: int, precision: _validate.Precision,
 ) -> tuple[jax.Array, jax.Array]:
-    return _log_probs_fwd(hidden, weight, bias, labels, vocab, chunk, precision, head)[0]
+    return _log_probs_fwd(hidden, weight, bias, labels, head, vocab, chunk, precision)[0]
 
 
 def _log_probs_fwd(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    vocab: int, chunk: int, precision: _validate.Precision, head: _lm_head.Head | None,
+    head: _lm_head.Head | None, vocab: int, chunk: int, precision: _validate.Precision,
 ) -> tuple[tuple[jax.Array, jax.Array], _LogProbsResiduals]:
     r""":math:`\log p_y = (x'_y - m) - \log s` and :math:`H = \log s - t/s` per row
     (:func:`_scan_stats`); NaN for a label outside ``[0, V)``."""
-    st = _scan_stats(hidden, weight, bias, labels, vocab, chunk, 0.0, None, precision, head,
-                     entropy=True)
+    st = _scan_stats(hidden, weight, bias, labels, vocab, chunk, False, None, precision,
+                     head, entropy=True)
     _, _, in_range = _shard_labels(labels, vocab, None)
     log_p = jnp.where(in_range, -_softmax.neg_log_probabilities(st.x_label, st.m, st.log_s,
                                                                  beta=_lm_head.beta(head)),
                       jnp.nan)
     # A row of -inf only (s = 0) has no distribution: entropy 0.
     entropy = jnp.where(st.s > 0, st.log_s - st.t / jnp.where(st.s > 0, st.s, 1), 0)
-    return (log_p, entropy), (hidden, weight, bias, labels, st.m, st.log_s, entropy)
+    return (log_p, entropy), (hidden, weight, bias, labels, head, st.m, st.log_s, entropy)
 
 
 def _log_probs_bwd(
-    vocab: int, chunk: int, precision: _validate.Precision, head: _lm_head.Head | None,
+    vocab: int, chunk: int, precision: _validate.Precision,
     residuals: _LogProbsResiduals, g: tuple[jax.Array, jax.Array],
-) -> tuple[jax.Array, jax.Array, jax.Array | None, None]:
+) -> tuple[jax.Array, jax.Array, jax.Array | None, None, _lm_head.Head | None]:
     r""":math:`\partial \log p_y/\partial x'_c = [c = y] - p_c` and
     :math:`\partial H/\partial x'_c = -p_c(\log p_c + H)`, weighted by the two
     cotangents (:func:`_backward` chains them to the inputs)."""
     g_log_p, g_entropy = g
-    hidden, weight, bias, labels, m, log_s, entropy = residuals
+    hidden, weight, bias, labels, head, m, log_s, entropy = residuals
     dtype = log_s.dtype
     _, _, in_range = _shard_labels(labels, vocab, None)
     g_log_p = jnp.where(~in_range & (g_log_p != 0), jnp.nan, g_log_p.astype(dtype))
@@ -1002,10 +1073,12 @@ def _log_probs_bwd(
                 + _times(g_entropy[:, None], spread))
 
     rows_on = (g_log_p != 0) | (g_entropy != 0)
-    d_hidden, d_weight, d_bias = _backward(
+    d_hidden, d_weight, d_bias, sums = _backward(
         hidden, weight, bias, labels, m, log_s, rows_on, vocab, chunk, None, precision, head,
         chunk_grad, (g_log_p, g_entropy))
-    return d_hidden, d_weight, d_bias, None
+    # The gradient of either output sums to 0 over a row: no per-row term.
+    d_head = _lm_head.head_cotangent(head, sums, m, log_s, jnp.zeros_like(m))
+    return d_hidden, d_weight, d_bias, None, d_head
 
 
 _log_probs.defvjp(_log_probs_fwd, _log_probs_bwd)
@@ -1020,22 +1093,23 @@ def _check_log_probs(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
 
 
 @register_checks(_check_log_probs)
-@_validate.jit(static_argnames=("softcap", "temperature", "return_entropy", "ignore_index",
-                               "chunk_size", "precision"),
+@_validate.jit(static_argnames=("return_entropy", "chunk_size", "precision"),
                checks={"precision": _validate.check_precision,
                        "softcap": _lm_head.check_softcap,
                        "temperature": _lm_head.check_temperature,
-                       "return_entropy": _lm_head.check_flag})
+                       "return_entropy": _lm_head.check_flag,
+                       "ignore_index": _validate.check_ignore_index},
+               options={"temperature": 1.0})
 def linear_log_probs(
     hidden: ArrayLike,
     weight: ArrayLike,
     labels: ArrayLike,
     *,
     bias: ArrayLike | None = None,
-    softcap: float | None = None,
-    temperature: float = 1.0,
+    softcap: float | ArrayLike | None = None,
+    temperature: float | ArrayLike = 1.0,
     return_entropy: bool = False,
-    ignore_index: int | None = None,
+    ignore_index: int | ArrayLike | None = -100,
     chunk_size: int | None = None,
     precision: _validate.Precision = None,
 ) -> Any:
@@ -1081,8 +1155,9 @@ def linear_log_probs(
       temperature: :math:`\tau > 0` (the sampling temperature, as in the policy's
         sampler).
       return_entropy: also return :math:`H_n`.
-      ignore_index: a label value (e.g. padding, -100) whose rows get log-probability
-        0 and entropy 0, with gradient 0.
+      ignore_index: a label value whose rows get log-probability 0 and entropy 0,
+        with gradient 0: -100 by default (PyTorch's padding label, which
+        :func:`shift_labels` fills in); None ignores no label.
       chunk_size: vocabulary columns per chunk (None: :data:`DEFAULT_CHUNK_SIZE`).
       precision: the matmuls' precision, as in :func:`linear_softmax_cross_entropy`.
 
@@ -1114,21 +1189,20 @@ def linear_log_probs(
     """
     hidden, weight, labels, bias, chunk = _linear_inputs(hidden, weight, labels, bias,
                                                          chunk_size)
-    head = _lm_head.head(softcap, temperature, 0.0)
     features, vocab = weight.shape
     shape = labels.shape
     hidden = hidden.reshape(-1, features)
     labels = labels.reshape(-1)
-    ignored = None
-    if ignore_index is not None:
-        ignored = labels == ignore_index
+    ignored = _validate.ignored("ignore_index", ignore_index, labels)
+    if ignored is not None:
         labels = jnp.where(ignored, 0, labels)
     dtype = _validate.compute_dtype(hidden.dtype, weight.dtype,
                                     *(() if bias is None else (bias.dtype,)))
+    head = _lm_head.head(softcap, temperature, None, dtype)
     index = jnp.int64 if jnp.dtype(dtype).itemsize > 4 else jnp.int32
     labels = jnp.where((labels >= 0) & (labels < vocab), labels, -1).astype(index)
     precision = _validate.precision("precision", precision)
-    log_p, entropy = _log_probs(hidden, weight, bias, labels, vocab, chunk, precision, head)
+    log_p, entropy = _log_probs(hidden, weight, bias, labels, head, vocab, chunk, precision)
     if ignored is not None:
         # The select's transpose hands these rows a zero cotangent: no gradient.
         log_p = jnp.where(ignored, 0, log_p)

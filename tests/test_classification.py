@@ -232,11 +232,9 @@ def test_label_and_option_gradients(x64):
         lambda x, w: ref_torch_cross_entropy(x, LABELS, w, label_smoothing=0.1,
                                              reduction="sum"),
         LOGITS, w, argnums=(0, 1))
-    # The smoothing coefficient itself, through a traced value.
+    # The smoothing coefficient itself, a traced value of the public option.
     smoothing_grad = jax.grad(
-        lambda e: jaxloss.classification._integer_ce(
-            jnp.asarray(LOGITS, float), jnp.asarray(LABELS), None, e, None, True, None,
-            False).sum())(0.1)
+        lambda e: ice(jnp.asarray(LOGITS, float), LABELS, label_smoothing=e).sum())(0.1)
     want = jax.grad(lambda e: ref_torch_cross_entropy(
         jnp.asarray(LOGITS, float), LABELS, label_smoothing=e, reduction="sum"))(0.1)
     np.testing.assert_allclose(smoothing_grad, want, rtol=1e-10)
@@ -1103,3 +1101,17 @@ def test_complex_options_raise_naming_the_argument():
                                                  label_smoothing=smoothing)
     with pytest.raises(TypeError, match="delta must be real"):
         jaxloss.huber_loss(x, x, delta=1 + 1j)
+
+
+def test_weighted_mean_near_the_float_maximum_is_finite():
+    """Weighted losses of 6e38 (weight 2 on a loss of 3e38) overflow float32 one by one,
+    but their weighted mean, 3e38, fits: it is computed from halves."""
+    logits = np.array([[1.5e38, -1.5e38], [-1.5e38, 1.5e38]], np.float32)
+    labels = np.array([1, 0])
+    weights = np.array([1.0, 2.0], np.float32)
+    mean = ice(logits, labels, class_weights=weights, reduction="mean")
+    np.testing.assert_allclose(float(mean), 3e38, rtol=1e-6)
+    rows = ice(logits, labels, class_weights=weights)
+    assert np.isinf(rows[0]) and np.isclose(rows[1], 3e38, rtol=1e-6)  # 6e38: beyond float32
+    grad = jax.grad(lambda x: ice(x, labels, class_weights=weights, reduction="mean"))(logits)
+    np.testing.assert_allclose(np.asarray(grad), [[2 / 3, -2 / 3], [-1 / 3, 1 / 3]], rtol=1e-6)

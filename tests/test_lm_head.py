@@ -840,15 +840,24 @@ def _sharded_vs_unsharded(loss, arrays, specs, diff, mesh):
     return run(True), run(False)
 
 
+# The numeric options as arrays, replicated over the mesh, differentiated too.
+OPTIONS = [np.float32(v) for v in (HEAD["softcap"], HEAD["temperature"], HEAD["z_loss"], 0.1)]
+
+
+def _options(c, t, z, e):
+    return {"softcap": c, "temperature": t, "z_loss": z, "label_smoothing": e}
+
+
 def test_integer_ce_axis_name(mesh, on_cpu):
     labels = with_ignored(LABELS)
 
-    def loss(x, w, **kw):
+    def loss(x, w, c, t, z, e, **kw):
         return ice(x, labels, class_weights=w, where=ROW_MASK, ignore_index=-100,
-                   label_smoothing=0.1, **HEAD, **kw)
+                   **_options(c, t, z, e), **kw)
 
-    got, want = _sharded_vs_unsharded(loss, [LOGITS, CLASS_WEIGHTS],
-                                      (P(None, AXIS), P(AXIS)), (0, 1), mesh)
+    got, want = _sharded_vs_unsharded(loss, [LOGITS, CLASS_WEIGHTS, *OPTIONS],
+                                      (P(None, AXIS), P(AXIS), P(), P(), P(), P()),
+                                      (0, 1, 2, 3, 4, 5), mesh)
     chex.assert_trees_all_close(got, want, **F32_TOL)
     (_, aux), _ = got
     np.testing.assert_array_equal(aux.correct, want[0][1].correct)
@@ -858,12 +867,13 @@ def test_integer_ce_axis_name(mesh, on_cpu):
 def test_linear_ce_axis_name(mesh, on_cpu):
     labels = with_ignored(LINEAR_LABELS)
 
-    def loss(h, w, b, **kw):
+    def loss(h, w, b, c, t, z, e, **kw):
         return lce(h, w, labels, bias=b, chunk_size=CHUNK, where=ROW_MASK, ignore_index=-100,
-                   label_smoothing=0.1, **HEAD, **kw)
+                   **_options(c, t, z, e), **kw)
 
-    got, want = _sharded_vs_unsharded(loss, [HIDDEN, WEIGHT, BIAS], (P(), P(None, AXIS), P(AXIS)),
-                                      (0, 1, 2), mesh)
+    got, want = _sharded_vs_unsharded(
+        loss, [HIDDEN, WEIGHT, BIAS, *OPTIONS], (P(), P(None, AXIS), P(AXIS), P(), P(), P(), P()),
+        (0, 1, 2, 3, 4, 5, 6), mesh)
     chex.assert_trees_all_close(got, want, **F32_TOL)
     (_, aux), _ = got
     np.testing.assert_array_equal(aux.correct, want[0][1].correct)
