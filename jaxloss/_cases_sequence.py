@@ -75,7 +75,10 @@ def ref_ctc_loss(
     """-log p(labels | logits) by the forward recursion (float64 when given float64)."""
     log_p, _, lengths = _ref_log_p(logits, logit_paddings, labels, label_paddings, blank_id,
                                    log_epsilon)
+    # Never below 0, the value only (as ctc_loss): optax's lattice can sum past 1 (a
+    # label equal to the blank counts an alignment twice), where -log p is negative.
     losses = -log_p
+    losses = losses - jax.lax.stop_gradient(jnp.minimum(losses, 0))
     if zero_infinity:
         labels = jnp.asarray(labels)
         pairs = (labels[:, 1:] == labels[:, :-1]) & (

@@ -178,13 +178,15 @@ def sigmoid_binary_cross_entropy(
         pos_weight = _validate.numeric("pos_weight", pos_weight)
     _validate.broadcasts_to("logits", logits, labels=labels, pos_weight=pos_weight,
                             where=where)
-    shape = logits.shape
     labels = labels.astype(dtype)
     if smoothing is not None:
         labels = labels * (1 - smoothing) + 0.5 * smoothing
-    labels = jnp.broadcast_to(labels, shape)
+    # Broadcast as the logits are laid out (on an Explicit mesh, split like them): the
+    # custom_vjp returns each gradient in its input's sharding.
+    like = jnp.zeros_like(logits, dtype)
+    labels = like + labels
     pos_weight = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
-    losses = _sigmoid_bce(*match_varying(logits, labels, jnp.broadcast_to(pos_weight, shape)))
+    losses = _sigmoid_bce(*match_varying(logits, labels, like + pos_weight))
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 

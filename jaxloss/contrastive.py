@@ -588,7 +588,9 @@ def ntxent(
     unit = e / jnp.sqrt(jnp.clip(jnp.sum(e * e, axis=-1, keepdims=True), eps))
     rows = labels.shape[0]
     if axis_name is None:
-        unit_all, labels_all, offset = unit, labels, 0
+        # Over an Explicit mesh: each device scores its rows against every row (the
+        # columns gathered), so the scores are split by rows as the batch is.
+        unit_all, labels_all, offset = _replicated(unit), _replicated(labels), 0
     else:
         unit_all = dist.all_gather_with_grad(unit, axis_name)
         labels_all = dist.all_gather_with_grad(labels, axis_name)
@@ -938,7 +940,10 @@ def _siglip_block(x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array,
     z = jnp.matmul(x, y.T, precision=precision, preferred_element_type=scale.dtype)
     z = z * scale + bias
     if positives:
-        z = jnp.where(jnp.eye(z.shape[0], z.shape[1], dtype=bool), z, -z)
+        # A product with the signs (exact), not a where: with the rows of z split over an
+        # Explicit mesh, a select needs its mask split alike (under jax.set_mesh the
+        # where's derivative failed on the unsplit eye); a product broadcasts it.
+        z = z * jnp.where(jnp.eye(z.shape[0], z.shape[1], dtype=bool), 1, -1).astype(z.dtype)
     else:
         z = -z
     return -jnp.sum(jax.nn.log_sigmoid(z), axis=1)
@@ -998,14 +1003,22 @@ def siglip_loss(
       image_embeddings: :math:`x`, ``[B, D]`` (``[b, D]``, this device's images, with
         ``axis_name``).
       text_embeddings: :math:`y`, ``[B, D]``; text :math:`i` matches image :math:`i`.
-      temperature: :math:`t > 0`, the logit scale (differentiable).
-      bias: :math:`b`, the logit bias (differentiable).
+      temperature: :math:`t > 0`, the logit scale (differentiable): a scalar, or of
+        shape ``(1,)`` as big_vision's learned parameter (the gradient comes back in
+        its shape and dtype).
+      bias: :math:`b`, the logit bias (differentiable): a scalar or of shape ``(1,)``.
       axis_name: the mesh axis (or tuple of axes) the batch is split over, inside
         ``jax.shard_map``; None (default) for the whole batch on one device.
       reduction: ``"mean"`` (default, :math:`L`), ``"sum"`` (:math:`\sum_i \ell_i`, the
         sum over all :math:`B^2` pairs) or ``"none"`` (:math:`\ell_i` per image: this
         device's images with ``axis_name``). ``"mean"`` and ``"sum"`` are over the
-        global batch with ``axis_name``, the same value on every device.
+        global batch with ``axis_name``, the same value on every device. The default
+        is ``"mean"``, unlike the per-example default of most jaxloss losses (and of
+        :func:`info_nce`): SigLIP's loss is a property of the batch (each
+        :math:`\ell_i` sums over every text of the batch, and grows with :math:`B`),
+        and :math:`L` is what the paper and big_vision define and what
+        ``jax.grad(siglip_loss)`` needs; :func:`ntxent` likewise returns the batch's
+        mean. Keeping it spares existing callers a change of output shape.
 
       precision: the precision of the logit matmuls, as ``jnp.matmul`` takes it: None
         (default: ``jax_default_matmul_precision``), ``"default"``, ``"high"``,
@@ -1013,6 +1026,11 @@ def siglip_loss(
         same. On a CPU float32 products are exact at any setting; the default is TF32
         on NVIDIA GPUs and one bf16 pass on TPUs (about 1e-3 relative). Pass
         ``"highest"`` to compare with a float64 reference or another implementation.
+
+    Returns:
+      A scalar (``"mean"``, ``"sum"``) or ``[B]`` (``"none"``), in
+      ``promote_types(embeddings dtype, float32)``: the embeddings set the dtype (a
+      float64 ``temperature`` or ``bias`` under ``jax_enable_x64`` is cast to it).
 
     Raises:
       ValueError: ``axis_name`` is not bound (the call is not inside a
@@ -1033,16 +1051,22 @@ def siglip_loss(
     temperature = _validate.floating("temperature", temperature)
     bias = _validate.floating("bias", bias)
     for name, value in (("temperature", temperature), ("bias", bias)):
-        if value.ndim != 0:
-            raise ValueError(f"{name} must be a scalar, got {_validate.describe(value)}")
+        if value.shape not in ((), (1,)):
+            raise ValueError(f"{name} must be a scalar or of shape (1,), got "
+                             f"{_validate.describe(value)}")
     _validate.positive("temperature", temperature)
     reduction = _validate.reduction(reduction)
     _check_axis_name(axis_name)
-    dtype = _validate.compute_dtype(x.dtype, y.dtype, temperature.dtype, bias.dtype)
-    scale, bias = temperature.astype(dtype), bias.astype(dtype)
+    # The embeddings set the dtype, as info_nce's: a float64 temperature (under
+    # jax_enable_x64) does not make a float32 model's loss float64. Its gradient comes
+    # back in its own dtype and shape.
+    dtype = _validate.compute_dtype(x.dtype, y.dtype)
+    scale, bias = temperature.reshape(()).astype(dtype), bias.reshape(()).astype(dtype)
     precision = _validate.precision("precision", precision)
     if axis_name is None:
-        losses = _siglip_block(x, y, scale, bias, True, precision)
+        # Over an Explicit mesh each device scores its images against every text (the
+        # texts gathered): the logits are split by rows, as the batch is.
+        losses = _siglip_block(x, _replicated(y), scale, bias, True, precision)
     else:
         block = jax.checkpoint(_siglip_block, static_argnums=(4, 5))
         losses = block(x, y, scale, bias, True, precision)

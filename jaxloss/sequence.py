@@ -66,10 +66,29 @@ def _inputs(
     return logits, logit_paddings, labels, label_paddings, int(blank_id), log_epsilon
 
 
+def _batch_like(x: jax.Array, ref: jax.Array) -> jax.Array:
+    """``x`` with its leading (batch) axis split over an Explicit mesh as ``ref``'s is:
+    JAX's ``where``, ``concatenate`` and scan carries take operands of one sharding, and
+    a custom_vjp's gradient must have its input's type. A no-op where they agree
+    already (always without a mesh, on an Auto mesh, or inside ``jax.shard_map``)."""
+    want, have = jax.typeof(ref).sharding, jax.typeof(x).sharding
+    batch = want.spec[0] if len(want.spec) else None
+    mesh = have.mesh if want.mesh.empty else want.mesh
+    if mesh.empty or not x.ndim or (have.spec[0] if len(have.spec) else None) == batch:
+        return x
+    spec = jax.sharding.PartitionSpec(batch, *(None,) * (x.ndim - 1))
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+
+
 def _extended(labels: jax.Array, blank_id: int) -> jax.Array:
     """The extended sequence: blank, label 1, blank, ..., label N, blank (``[B, 2N + 1]``)."""
     b, n = labels.shape
-    return jnp.full((b, 2 * n + 1), blank_id, labels.dtype).at[:, 1::2].set(labels)
+    # Formed from the labels (not scattered into a new array), so that it keeps their
+    # type: their sharding over a mesh, or their variance inside jax.shard_map.
+    blanks = jnp.full_like(labels, blank_id)
+    last = jnp.full_like(jnp.sum(labels, axis=1, keepdims=True), blank_id, labels.dtype)
+    pairs = jnp.stack([blanks, labels], axis=-1).reshape(b, 2 * n)
+    return jnp.concatenate([pairs, last], axis=1)
 
 
 def _emissions(logp: jax.Array, ext: jax.Array) -> jax.Array:
@@ -96,7 +115,8 @@ def _lattice(
     label = state % 2 == 1
     w1 = jnp.where(label, 0, jnp.logaddexp(jnp.zeros((), dtype), eps))
     w1 = jnp.where(state == 0, -jnp.inf, w1).astype(dtype)
-    same = jnp.concatenate([jnp.zeros((b, 2), bool), ext[:, 2:] == ext[:, :-2]], axis=1)
+    same = jnp.concatenate([jnp.zeros_like(ext[:, :2], bool), ext[:, 2:] == ext[:, :-2]],
+                           axis=1)
     # where, not eps * same, so that log_epsilon = -inf gives exact CTC, not NaN.
     w2 = jnp.where(same, eps, jnp.zeros((), dtype))
     w2 = jnp.where((label & (state >= 3))[None, :], w2, -jnp.inf).astype(dtype)
@@ -109,20 +129,24 @@ def _lattice(
 # The recursion, over the 2N + 1 states of the extended sequence.
 
 
+# The fill of the shifts is formed from x (full_like of a slice), so that it has x's type:
+# concatenate takes operands of one sharding only. x[..., :k] has min(k, S) states, which
+# keeps the result's S states also when S < k.
+
+
 def _shift(x: jax.Array, k: int) -> jax.Array:
     """``x[:, s - k]`` (``-inf`` before the first state)."""
-    return jnp.concatenate([jnp.full((x.shape[0], k), -jnp.inf, x.dtype), x[:, :-k]], axis=1)
+    return jnp.concatenate([jnp.full_like(x[:, :k], -jnp.inf), x[:, :-k]], axis=1)
 
 
 def _unshift(x: jax.Array, k: int) -> jax.Array:
     """``x[:, s + k]`` (``-inf`` after the last state)."""
-    return jnp.concatenate([x[:, k:], jnp.full((x.shape[0], k), -jnp.inf, x.dtype)], axis=1)
+    return jnp.concatenate([x[:, k:], jnp.full_like(x[:, :k], -jnp.inf)], axis=1)
 
 
 def _unshift3(x: jax.Array, k: int) -> jax.Array:
     """``x[:, :, s + k]`` (``-inf`` after the last state)."""
-    fill = jnp.full(x.shape[:2] + (k,), -jnp.inf, x.dtype)
-    return jnp.concatenate([x[:, :, k:], fill], axis=2)
+    return jnp.concatenate([x[:, :, k:], jnp.full_like(x[:, :, :k], -jnp.inf)], axis=2)
 
 
 def _lse3(x: jax.Array, y: jax.Array, z: jax.Array) -> jax.Array:
@@ -144,27 +168,44 @@ def _frame_max(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(top), top, 0)
 
 
-def _init(b: int, s: int, eps: jax.Array, dtype: jnp.dtype) -> jax.Array:
-    return jnp.full((b, s), eps, dtype).at[:, 0].set(0)
+def _frame(lp: jax.Array, pad: jax.Array, w2: jax.Array, lengths: jax.Array) -> jax.Array:
+    """An array typed like one frame of the recursions, ``[B, 2N + 1]``, whose value is
+    never used (XLA drops its computation; T may be 0). A frame combines ``lp``
+    (``[T, B, 2N + 1]``), ``pad`` (``[T, B]``), ``w2`` (``[B, 2N + 1]``) and
+    ``lengths`` (``[B]``), so with a batch sharded over a mesh (or varying inside
+    ``jax.shard_map``) a scan's initial carry formed like this has the type its body
+    returns; without a mesh it is a plain array."""
+    return jnp.where(jnp.any(pad, axis=0)[:, None] | (lengths[:, None] > 0),
+                     jnp.sum(lp, axis=0), w2)
+
+
+def _init(frame: jax.Array, eps: jax.Array) -> jax.Array:
+    """The forward variables before the first frame: 0 for the initial blank, ``eps``
+    elsewhere, typed like ``frame``."""
+    state = jnp.arange(frame.shape[1])
+    return jnp.where(state == 0, jnp.zeros_like(frame), jnp.full_like(frame, eps))
+
+
+def _pick(alpha: jax.Array, index: jax.Array) -> jax.Array:
+    """``alpha[b, index[b]]``, a per-row gather that keeps the batch's sharding."""
+    return jnp.take_along_axis(alpha, index[:, None], axis=1)[:, 0]
 
 
 def _final(alpha: jax.Array, lengths: jax.Array) -> jax.Array:
     """:math:`\\log p`: the blank after the last label, or the last label itself."""
-    rows = jnp.arange(alpha.shape[0])
-    last_label = jnp.where(lengths > 0, alpha[rows, jnp.maximum(2 * lengths - 1, 0)], -jnp.inf)
-    return jnp.logaddexp(alpha[rows, 2 * lengths], last_label)
+    last_label = jnp.where(lengths > 0, _pick(alpha, jnp.maximum(2 * lengths - 1, 0)),
+                           -jnp.inf)
+    return jnp.logaddexp(_pick(alpha, 2 * lengths), last_label)
 
 
 def _forward(
-    lp: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array, eps: jax.Array, *,
-    scaled: bool,
+    lp: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array, lengths: jax.Array,
+    eps: jax.Array, *, scaled: bool,
 ) -> tuple[jax.Array, jax.Array]:
     """The forward variables of every frame, ``[T, B, 2N + 1]``, and the sum of the
     shifts. ``scaled``: each frame's variables are shifted by their maximum (the shifts
     summed apart), so that they stay near 0 and float32 keeps their differences, which
     the posteriors need, to full relative precision over hundreds of frames."""
-    _, b, s = lp.shape
-
     def step(carry: tuple[jax.Array, jax.Array], x: tuple[jax.Array, jax.Array]
              ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         alpha, scale = carry
@@ -176,7 +217,8 @@ def _forward(
             new, scale = new - top, scale + top[:, 0]
         return (new, scale), new
 
-    init = (_init(b, s, eps, lp.dtype), jnp.zeros((b,), lp.dtype))
+    alpha0 = _init(_frame(lp, pad, w2, lengths), eps)
+    init = (alpha0, jnp.zeros_like(alpha0[:, 0]))
     (_, scale), alphas = jax.lax.scan(step, init, (lp, pad))
     return alphas, scale
 
@@ -186,8 +228,8 @@ def _log_p(
     lengths: jax.Array, eps: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     lp = _emissions(logp, ext)
-    alphas, scale = _forward(lp, pad, w1, w2, eps, scaled=True)
-    last = alphas[-1] if alphas.shape[0] else _init(lp.shape[1], lp.shape[2], eps, lp.dtype)
+    alphas, scale = _forward(lp, pad, w1, w2, lengths, eps, scaled=True)
+    last = alphas[-1] if alphas.shape[0] else _init(_frame(lp, pad, w2, lengths), eps)
     return scale + _final(last, lengths), alphas
 
 
@@ -234,7 +276,8 @@ def _ctc_bwd(
     s = lp.shape[2]
     state = jnp.arange(s)[None, :]
     final = (state == 2 * lengths[:, None]) | (state == 2 * lengths[:, None] - 1)
-    beta = jnp.where(final, 0, -jnp.inf).astype(lp.dtype)
+    frame = _frame(lp, pad, w2, lengths)
+    beta = jnp.where(final, jnp.zeros_like(frame), jnp.full_like(frame, -jnp.inf))
     # Each state's continuation from frame t on through the next state, or the one
     # after: the emission and the transition, formed for all frames at once so that
     # the loop shifts only its carry (XLA fuses that; a shifted intermediate it does not).
@@ -278,6 +321,8 @@ def _prepare(
 ) -> tuple[_CTCInputs, jax.Array]:
     logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon = _inputs(
         logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon)
+    logit_paddings, labels, label_paddings = (
+        _batch_like(x, logits) for x in (logit_paddings, labels, label_paddings))
     dtype = _validate.compute_dtype(logits.dtype)
     logits = logits.astype(dtype)
     if where is not None:
@@ -289,6 +334,14 @@ def _prepare(
     pad = jnp.transpose(logit_paddings != 0)
     w1, w2, lengths = _lattice(ext, label_paddings, log_epsilon, dtype)
     return (logp, ext, pad, w1, w2, lengths, log_epsilon.astype(dtype)), labels
+
+
+def _nonnegative(loss: jax.Array) -> jax.Array:
+    """``loss`` with a value below 0 raised to 0, and the gradient left as it is (the
+    clamp is a constant to differentiation); inf and NaN stay as they are. Below 0:
+    rounding at a near-certain alignment (-log p of a p that float32 rounds just above
+    1), or optax's lattice summing past 1 (a label equal to the blank)."""
+    return loss - jax.lax.stop_gradient(jnp.minimum(loss, 0))
 
 
 # ---------------------------------------------------------------------------------
@@ -341,7 +394,11 @@ def ctc_loss(
       \frac{\partial \ell}{\partial z_t(k)} = p_t(k)
         - \sum_{s:\, y'_s = k} e^{\alpha_t(s) + \beta_t(s) - \log p(y \mid x)}
 
-    for the logits :math:`z_t` of an unpadded frame, and 0 at a padded one. The
+    for the logits :math:`z_t` of an unpadded frame, and 0 at a padded one. The loss is
+    never below 0: where float32 rounds a near-certain alignment's :math:`p` to more than
+    1 (optax's loss is then about -1e-26, its issue #1771), or optax's lattice sums past
+    1 (a label equal to ``blank_id`` counts some alignments twice; optax's loss is then
+    negative), the value is 0 and the gradient still the one above. The
     backward pass (a ``jax.custom_vjp``) computes it so, in log space, from the forward
     variables it kept (shifted per frame, so float32 keeps their differences over
     hundreds of frames); it is written in differentiable operations, so ``jax.hessian``
@@ -401,9 +458,11 @@ def ctc_loss(
                               != (logits_arr.shape[0],)):
         raise ValueError(f"where must have shape [batch] of logits, got "
                          f"{_validate.describe(where)}")
+    if where is not None:
+        where = _batch_like(where, logits_arr)
     args, labels = _prepare(logits_arr, logit_paddings, labels, label_paddings, blank_id,
                             log_epsilon, where)
-    losses = _ctc(*args)
+    losses = _nonnegative(_ctc(*args))
     if zero_infinity:
         pad, lengths = args[2], args[5]
         frames = jnp.sum(~pad, axis=0)
@@ -428,11 +487,11 @@ def ctc_loss_with_forward_probs(
     r"""CTC loss and the forward variables of its lattice
     (``optax.losses.ctc_loss_with_forward_probs``).
 
-    The loss is :func:`ctc_loss`'s. The forward variables are the log-probabilities of
-    the alignments of the first :math:`t + 1` frames that end in the blank after
-    :math:`n` labels, :math:`\log\alpha_{\phi}(t, n)`, or in label :math:`n`,
-    :math:`\log\alpha_{y}(t, n)` (in the recursion of :func:`ctc_loss`); the last
-    frame's :math:`\alpha_\phi` also includes the move from label :math:`n-1` to the
+    The loss is :func:`ctc_loss`'s (never below 0). The forward variables are the
+    log-probabilities of the alignments of the first :math:`t + 1` frames that end in
+    the blank after :math:`n` labels, :math:`\log\alpha_{\phi}(t, n)`, or in label
+    :math:`n`, :math:`\log\alpha_{y}(t, n)` (in the recursion of :func:`ctc_loss`); the
+    last frame's :math:`\alpha_\phi` also includes the move from label :math:`n-1` to the
     final read, as optax's. Everything is differentiated by autodiff through the
     recursion (the forward variables are outputs too); for the loss alone,
     :func:`ctc_loss` is cheaper.
@@ -457,7 +516,7 @@ def ctc_loss_with_forward_probs(
     args, _ = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,
                        None)
     logp, ext, pad, w1, w2, lengths, eps = args
-    alphas, _ = _forward(_emissions(logp, ext), pad, w1, w2, eps, scaled=False)
+    alphas, _ = _forward(_emissions(logp, ext), pad, w1, w2, lengths, eps, scaled=False)
     if not alphas.shape[0]:
         raise ValueError("logits must have at least one frame, got "
                          f"{_validate.describe(logits)}")
@@ -466,4 +525,4 @@ def ctc_loss_with_forward_probs(
     # optax's last row of the blanks includes the final move from label n - 1.
     last = jnp.concatenate([phis[-1, :, :1], jnp.logaddexp(phis[-1, :, 1:], emits[-1])],
                            axis=1)
-    return -log_p, phis.at[-1].set(last), emits
+    return _nonnegative(-log_p), phis.at[-1].set(last), emits

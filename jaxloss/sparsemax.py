@@ -71,7 +71,14 @@ def sparsemax_loss(
 def _sparsemax_shifted(z: jax.Array) -> jax.Array:
     """sparsemax of ``z`` (largest entry 0) over the last axis: ``max(z - tau, 0)``."""
     k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
-    z_sorted = -jnp.sort(-z, axis=-1)
+    # z in decreasing order, as -jnp.sort(-z): the order found without a gradient and
+    # applied by a gather (differentiable). jnp.sort's derivative sorts an iota of its
+    # own along, which has no sharding: over an Explicit mesh, under jax.set_mesh, sort
+    # rejects the pair. This iota is typed like z.
+    iota = jnp.zeros_like(z, dtype=jnp.int32) + jnp.arange(z.shape[-1], dtype=jnp.int32)
+    _, order = jax.lax.sort((jax.lax.stop_gradient(-z), iota), dimension=z.ndim - 1,
+                            num_keys=1)
+    z_sorted = jnp.take_along_axis(z, order, axis=-1)
     cumsum = jnp.cumsum(jnp.where(z_sorted > -2, z_sorted, 0), axis=-1)
     # Entries below -2 are never in the support (the largest is 0, tau >= -1).
     support = (z_sorted > -2) & (1 + k * jnp.where(z_sorted > -2, z_sorted, 0) > cumsum)

@@ -886,6 +886,59 @@ def test_info_nce_sharded_inputs(mesh, on_cpu, symmetric, chunk_size):
     _assert_sharded_equals_unsharded(mesh, loss, (Q, K))
 
 
+def test_ntxent_and_siglip_on_an_explicit_mesh_with_replicated_labels(on_cpu):
+    """JAX's default mesh (Explicit axes) under jax.set_mesh: the rows' scores are split
+    as the batch is (each device scores its rows against every row), also with labels
+    left whole on every device."""
+    mesh = jax.make_mesh((2,), ("data",), devices=on_cpu[:2])
+
+    def f(a, b, t, bias, labels):
+        return (ntxent(a, labels, 0.5, precision=HIGHEST)
+                + jaxloss.siglip_loss(a, b, t, bias, precision=HIGHEST))
+
+    f = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))
+    args = (EA, EB, np.float32(2.0), np.float32(-1.0))
+    labels = np.repeat(np.arange(B // 2), 2).astype(np.int32)
+    want = f(*args, labels)
+    with jax.set_mesh(mesh):
+        got = f(*(jax.device_put(x, P("data") if x.ndim else P()) for x in args),
+                jax.device_put(labels, P()))
+    assert got[1][0].sharding.spec[0] == "data"
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_siglip_temperature_and_bias_of_shape_1():
+    """big_vision's learned t' and b have shape (1,); so do their gradients."""
+    loss = jax.jit(jax.value_and_grad(
+        lambda *a: jaxloss.siglip_loss(*a, precision=HIGHEST), argnums=(0, 1, 2, 3)))
+    value, grads = loss(Q, K, np.full((1,), 10.0, np.float32), np.full((1,), -10.0, np.float32))
+    want_value, want_grads = loss(Q, K, np.float32(10.0), np.float32(-10.0))
+    assert value.shape == () and grads[2].shape == (1,) and grads[3].shape == (1,)
+    chex.assert_trees_all_close((value, grads[:2]), (want_value, want_grads[:2]), rtol=1e-6)
+    chex.assert_trees_all_close((grads[2][0], grads[3][0]), want_grads[2:], rtol=1e-6)
+    # As info_nce takes a temperature of shape (1,) (the rows' terms of order 1/TAU
+    # cancel: float32's absolute precision there).
+    chex.assert_trees_all_close(
+        info_nce(Q, K, temperature=np.full((1,), TAU, np.float32), precision=HIGHEST),
+        info_nce(Q, K, temperature=TAU, precision=HIGHEST), rtol=1e-6, atol=2e-6)
+    with pytest.raises(ValueError, match="temperature must be a scalar or of shape"):
+        jaxloss.siglip_loss(Q, K, np.ones((2,), np.float32), -10.0)
+
+
+def test_siglip_float32_embeddings_give_float32_under_x64(x64):
+    """The embeddings set the dtype (as info_nce's): a float64 temperature or bias (a
+    Python float, or jnp.asarray under jax_enable_x64) does not promote the loss."""
+    for t, bias in ((10.0, -10.0), (jnp.asarray(10.0), jnp.asarray([-10.0]))):
+        assert jnp.asarray(t).dtype == jnp.float64
+        value, grads = jax.value_and_grad(jaxloss.siglip_loss, argnums=(0, 2, 3))(
+            Q, K, t, bias)
+        assert value.dtype == jnp.float32, value.dtype
+        assert grads[0].dtype == jnp.float32
+        assert grads[1].dtype == grads[2].dtype == jnp.float64  # their own dtype
+    assert jaxloss.siglip_loss(Q, K, 10.0, -10.0, reduction="none").dtype == jnp.float32
+    assert jaxloss.siglip_loss(Q.astype(np.float64), K, 10.0, -10.0).dtype == jnp.float64
+
+
 # ---------------------------------------------------------------------------------
 # Pair sampling.
 

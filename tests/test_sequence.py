@@ -11,6 +11,7 @@ import optax
 import pytest
 import torch
 from absl.testing import parameterized
+from jax.sharding import PartitionSpec as P
 
 from jaxloss.sequence import ctc_loss, ctc_loss_with_forward_probs
 from jaxloss.testing import assert_finite_differences, assert_vjp_matches_reference
@@ -299,6 +300,27 @@ def test_extreme_and_masked_logits():
     assert np.all(np.isnan(optax.ctc_loss(masked, LOGIT_PADS, LABELS, LABEL_PADS, blank_id=2)))
 
 
+def test_near_certain_alignment_is_never_negative():
+    """Label 1 in two frames at +30 (+60) against 0: "1 1" has probability 1 in float32
+    and "1 -", "- 1" e^-30 (e^-60) each, so log p summed to +9e-14 (+8.8e-27) and the
+    loss came out negative (optax's too, its issue #1771). The loss is clamped at 0,
+    the value only: the gradient stays the rule's, p_t(k) - gamma_t(k) (e^-z for the
+    classes no alignment uses)."""
+    x = np.zeros((2, 2, 4), np.float32)
+    x[0, :, 1], x[1, :, 1] = 30.0, 60.0
+    args = (np.zeros((2, 2), np.float32), np.array([[1], [1]]), np.zeros((2, 1), np.float32))
+    off_path = np.exp(-np.array([30.0, 60.0]))[:, None, None] * np.ones((2, 2, 2))
+    for fn in (ctc_loss, lambda *a: ctc_loss_with_forward_probs(*a)[0]):
+        g, losses = jax.jit(jax.grad(lambda x, f=fn: (jnp.sum(f(x, *args)), f(x, *args)),
+                                     has_aux=True))(x)
+        losses = np.asarray(losses)
+        assert np.all(losses == 0) and not np.any(np.signbit(losses)), losses
+        chex.assert_trees_all_close(g[..., 2:], off_path, rtol=1e-5)
+        assert np.all(np.abs(np.asarray(g[..., :2])) < 1e-12)
+    # optax 0.2.8 is below its minimum there.
+    assert np.all(np.asarray(optax.ctc_loss(x, *args)) < 0)
+
+
 def test_bf16_computes_in_float32():
     x = jnp.asarray(LOGITS, jnp.bfloat16)
     got = ctc_loss(x, LOGIT_PADS, LABELS, LABEL_PADS)
@@ -337,6 +359,23 @@ def test_vmap_hessian_pmap(cpu_devices):
         LOGITS[:, None], LOGIT_PADS[:, None], LABELS[:, None], LABEL_PADS[:, None])
     chex.assert_trees_all_close(pmapped[:, 0], ctc_loss(LOGITS, LOGIT_PADS, LABELS, LABEL_PADS),
                                 rtol=1e-6)
+
+
+def test_explicit_mesh_with_inputs_split_differently(cpu_devices):
+    """On JAX's default (Explicit) mesh, under jax.set_mesh: the logits split over the
+    batch and the paddings and labels whole on every device (made in the step, say),
+    or the other way round. The scans' carries, the lattice's concatenations and the
+    custom_vjp's gradient need one type for the batch: the others follow the logits."""
+    mesh = jax.make_mesh((2,), ("data",), devices=cpu_devices[:2])
+    args = (LOGITS, LOGIT_PADS, LABELS, LABEL_PADS)
+    f = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(ctc_loss(*a, where=WHERE))))
+    with jax.default_device(cpu_devices[0]):
+        want = f(*args)
+    for split in ((True, False, False, False), (False, True, True, True)):
+        with jax.set_mesh(mesh):
+            got = f(*(jax.device_put(x, P("data") if s else P())
+                      for x, s in zip(args, split, strict=True)))
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_bad_input():
