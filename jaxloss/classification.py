@@ -37,10 +37,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _lm_head, _softmax, _validate
-from jaxloss._checked import check_in_range, check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
-from jaxloss.distributed import AxisName, axis_size, match_varying
+from jaxloss.distributed import AxisName, match_varying
 from jaxloss.large_vocab import _vocab_parallel_integer_ce
 
 __all__ = [
@@ -109,15 +108,6 @@ def _sigmoid_bce_bwd(
 _sigmoid_bce.defvjp(_sigmoid_bce_fwd, _sigmoid_bce_bwd)
 
 
-def _check_sigmoid_bce(logits: ArrayLike, labels: ArrayLike, *,
-                       pos_weight: ArrayLike | None = None, label_smoothing: float = 0.0,
-                       where: ArrayLike | None = None, reduction: Reduction = "none") -> None:
-    check_in_range("labels", labels, 0, 1)
-    if pos_weight is not None:
-        check_in_range("pos_weight", pos_weight, 0, None)
-
-
-@register_checks(_check_sigmoid_bce)
 @_validate.jit(static_argnames=("reduction",),
                checks={"label_smoothing": _validate.check_unit_interval},
                options={"label_smoothing": 0.0})
@@ -230,13 +220,6 @@ def _bce_bwd(
 _bce.defvjp(_bce_fwd, _bce_bwd)
 
 
-def _check_bce(probabilities: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None,
-               reduction: Reduction = "none") -> None:
-    check_in_range("probabilities", probabilities, 0, 1)
-    check_in_range("labels", labels, 0, 1)
-
-
-@register_checks(_check_bce)
 @_validate.jit(static_argnames=("reduction",))
 def binary_cross_entropy(
     probabilities: ArrayLike,
@@ -483,15 +466,6 @@ def _softmax_ce_bwd(
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
 
 
-def _check_softmax_ce(logits: ArrayLike, labels: ArrayLike, *,
-                      axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None,
-                      label_smoothing: float = 0.0, reduction: Reduction = "none",
-                      softcap: float | None = None, temperature: float = 1.0,
-                      z_loss: float = 0.0) -> None:
-    check_in_range("labels", labels, 0, None)
-
-
-@register_checks(_check_softmax_ce)
 @_validate.jit(static_argnames=("axis", "reduction"), checks=_lm_head.CHECKS,
                options={"label_smoothing": 0.0, **_lm_head.OFF})
 def softmax_cross_entropy(
@@ -738,26 +712,6 @@ def _integer_ce_bwd(
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
 
 
-def _check_integer_ce(logits: ArrayLike, labels: ArrayLike, *,
-                      axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None,
-                      ignore_index: int | None = None, label_smoothing: float = 0.0,
-                      class_weights: ArrayLike | None = None, reduction: Reduction = "none",
-                      axis_name: AxisName | None = None, softcap: float | None = None,
-                      temperature: float = 1.0, z_loss: float = 0.0,
-                      return_aux: bool = False) -> None:
-    logits = jnp.asarray(logits)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    num_classes = 1
-    for a in axes:
-        num_classes *= logits.shape[a]
-    if axis_name is not None:
-        num_classes *= axis_size(axis_name)
-    check_labels("labels", labels, num_classes, ignore_index)
-    if class_weights is not None:
-        check_in_range("class_weights", class_weights, 0, None)
-
-
-@register_checks(_check_integer_ce)
 @_validate.jit(
     static_argnames=("axis", "reduction", "axis_name", "return_aux"),
     checks=_lm_head.CHECKS, options={"label_smoothing": 0.0, **_lm_head.OFF},
@@ -973,14 +927,6 @@ def _categorical_ce_bwd(
 _categorical_ce.defvjp(_categorical_ce_fwd, _categorical_ce_bwd)
 
 
-def _check_categorical_ce(probabilities: ArrayLike, labels: ArrayLike, *, axis: int = -1,
-                          where: ArrayLike | None = None,
-                          reduction: Reduction = "none") -> None:
-    check_in_range("probabilities", probabilities, 0, 1)
-    check_in_range("labels", labels, 0, None)
-
-
-@register_checks(_check_categorical_ce)
 @_validate.jit(static_argnames=("axis", "reduction"))
 def categorical_cross_entropy(
     probabilities: ArrayLike,
@@ -1047,15 +993,6 @@ def _times_unless_infinite(coefficient: jax.Array, value: jax.Array) -> jax.Arra
     return jnp.where((coefficient == 0) & jnp.isinf(value), 0, coefficient * value)
 
 
-def _check_nll(log_probs: ArrayLike, labels: ArrayLike, *,
-               class_weights: ArrayLike | None = None, ignore_index: int | None = None,
-               where: ArrayLike | None = None, reduction: Reduction = "none") -> None:
-    check_labels("labels", labels, jnp.shape(log_probs)[-1], ignore_index)
-    if class_weights is not None:
-        check_in_range("class_weights", class_weights, 0, None)
-
-
-@register_checks(_check_nll)
 @_validate.jit(static_argnames=("reduction",),
                checks={"ignore_index": _validate.check_ignore_index})
 def nll_loss(
@@ -1200,15 +1137,6 @@ def soft_margin_loss(
                            denominator=None)
 
 
-def _check_multilabel(logits: ArrayLike, labels: ArrayLike, *,
-                      class_weights: ArrayLike | None = None, where: ArrayLike | None = None,
-                      reduction: Reduction = "none") -> None:
-    check_in_range("labels", labels, 0, 1)
-    if class_weights is not None:
-        check_in_range("class_weights", class_weights, 0, None)
-
-
-@register_checks(_check_multilabel)
 @_validate.jit(static_argnames=("reduction",))
 def multilabel_soft_margin_loss(
     logits: ArrayLike,

@@ -20,7 +20,6 @@ from jax.typing import ArrayLike
 
 from jaxloss import _softmax, _validate
 from jaxloss import distributed as dist
-from jaxloss._checked import check_in_range, register_checks
 from jaxloss._math import abs0
 from jaxloss._math import safe_divide as _safe_divide
 from jaxloss._math import safe_sqrt as _safe_sqrt
@@ -201,17 +200,6 @@ def _similar_labels(similar: ArrayLike, shape: tuple[int, ...], dtype: jnp.dtype
     return jnp.broadcast_to(similar.astype(dtype), shape)
 
 
-def _check_contrastive_from_distance(distances: ArrayLike, similar: ArrayLike, **_: object) -> None:
-    check_in_range("distances", distances, 0, None)
-    check_in_range("similar", similar, 0, 1)
-
-
-def _check_contrastive(embeddings_a: ArrayLike, embeddings_b: ArrayLike, similar: ArrayLike,
-                       **_: object) -> None:
-    check_in_range("similar", similar, 0, 1)
-
-
-@register_checks(_check_contrastive_from_distance)
 @_validate.jit(static_argnames=("reduction",), checks={"margin": _validate.non_negative})
 def contrastive_loss_from_distance(
     distances: ArrayLike,
@@ -251,7 +239,6 @@ def contrastive_loss_from_distance(
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 
-@register_checks(_check_contrastive)
 @_validate.jit(static_argnames=("metric", "reduction"),
                checks={"margin": _validate.non_negative})
 def contrastive_loss(
@@ -949,12 +936,6 @@ def _siglip_block(x: jax.Array, y: jax.Array, scale: jax.Array, bias: jax.Array,
     return -jnp.sum(jax.nn.log_sigmoid(z), axis=1)
 
 
-def _check_siglip(image_embeddings: ArrayLike, text_embeddings: ArrayLike,
-                  temperature: ArrayLike, bias: ArrayLike, **_: object) -> None:
-    check_in_range("temperature", temperature, 0, None)
-
-
-@register_checks(_check_siglip)
 @_validate.jit(static_argnames=("axis_name", "reduction", "precision"),
                checks={"temperature": _validate.positive,
                        "precision": _validate.check_precision})

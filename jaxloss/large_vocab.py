@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _lm_head, _softmax, _validate
-from jaxloss._checked import check_labels, register_checks
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
 from jaxloss.distributed import (
@@ -726,20 +725,6 @@ def _linear_ce_bwd(
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
-def _check_linear_ce(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
-                     bias: ArrayLike | None = None, chunk_size: int | None = None,
-                     ignore_index: int | None = None, label_smoothing: float = 0.0,
-                     where: ArrayLike | None = None, reduction: Reduction = "none",
-                     axis_name: AxisName | None = None,
-                     precision: _validate.Precision = None, softcap: float | None = None,
-                     temperature: float = 1.0, z_loss: float = 0.0,
-                     return_aux: bool = False) -> None:
-    vocab = jnp.shape(weight)[-1]
-    if axis_name is not None:
-        vocab *= axis_size(axis_name)
-    check_labels("labels", labels, vocab, ignore_index)
-
-
 def _linear_inputs(
     hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, bias: ArrayLike | None,
     chunk_size: int | None,
@@ -774,7 +759,6 @@ def _linear_inputs(
     return hidden, weight, labels, bias, chunk
 
 
-@register_checks(_check_linear_ce)
 @_validate.jit(static_argnames=("chunk_size", "reduction", "axis_name", "precision",
                                "return_aux"),
                checks={"precision": _validate.check_precision, **_lm_head.CHECKS},
@@ -1084,15 +1068,6 @@ def _log_probs_bwd(
 _log_probs.defvjp(_log_probs_fwd, _log_probs_bwd)
 
 
-def _check_log_probs(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
-                     bias: ArrayLike | None = None, softcap: float | None = None,
-                     temperature: float = 1.0, return_entropy: bool = False,
-                     ignore_index: int | None = None, chunk_size: int | None = None,
-                     precision: _validate.Precision = None) -> None:
-    check_labels("labels", labels, jnp.shape(weight)[-1], ignore_index)
-
-
-@register_checks(_check_log_probs)
 @_validate.jit(static_argnames=("return_entropy", "chunk_size", "precision"),
                checks={"precision": _validate.check_precision,
                        "softcap": _lm_head.check_softcap,

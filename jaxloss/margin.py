@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxloss import _validate
-from jaxloss._checked import check_labels, register_checks
 from jaxloss._math import times
 from jaxloss._reduce import Reduction, weighted_reduce
 
@@ -249,11 +248,6 @@ def _scores_and_rows(
     return scores, labels, where, batch
 
 
-def _check_multi_margin(scores: ArrayLike, labels: ArrayLike, **_: object) -> None:
-    check_labels("labels", labels, jnp.shape(scores)[-1], None)
-
-
-@register_checks(_check_multi_margin)
 def multi_margin_loss(
     scores: ArrayLike,
     labels: ArrayLike,

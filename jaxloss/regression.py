@@ -16,7 +16,6 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _validate
-from jaxloss._checked import check_in_range, register_checks
 from jaxloss._math import abs0
 from jaxloss._reduce import Axis, Reduction, weighted_reduce
 
@@ -317,15 +316,6 @@ def smooth_l1_loss(
     return _finish(losses, reduction, where)
 
 
-def _check_poisson(input: ArrayLike, targets: ArrayLike, *, log_input: bool = True,
-                   full: bool = False, eps: float = 1e-8, where: ArrayLike | None = None,
-                   reduction: Reduction = "none") -> None:
-    check_in_range("targets", targets, 0, None)
-    if not log_input:
-        check_in_range("input", input, 0, None)
-
-
-@register_checks(_check_poisson)
 def poisson_nll_loss(
     input: ArrayLike,
     targets: ArrayLike,
@@ -461,13 +451,6 @@ def _variance(variance: ArrayLike, shape: tuple[int, ...]) -> jax.Array:
         f"scalar; got {_validate.describe(variance)}")
 
 
-def _check_gaussian(predictions: ArrayLike, targets: ArrayLike, variance: ArrayLike, *,
-                    full: bool = False, eps: float = 1e-6, where: ArrayLike | None = None,
-                    reduction: Reduction = "none") -> None:
-    check_in_range("variance", variance, 0, None)
-
-
-@register_checks(_check_gaussian)
 def gaussian_nll_loss(
     predictions: ArrayLike,
     targets: ArrayLike,
