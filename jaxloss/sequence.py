@@ -77,7 +77,8 @@ def _batch_like(x: jax.Array, ref: jax.Array) -> jax.Array:
     if mesh.empty or not x.ndim or (have.spec[0] if len(have.spec) else None) == batch:
         return x
     spec = jax.sharding.PartitionSpec(batch, *(None,) * (x.ndim - 1))
-    return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+    out: jax.Array = jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+    return out
 
 
 def _extended(labels: jax.Array, blank_id: int) -> jax.Array:

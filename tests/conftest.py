@@ -72,6 +72,7 @@ def pytest_report_header(config):
 # pytest-xdist's load scheduling a long test collected last would leave the other
 # workers idle at the end of the run.
 LONGEST_FIRST = (
+    "tests/test_mesh.py",
     "tests/test_distributed.py::test_distributed_tests_on_8_devices",
     "tests/test_notebooks.py::test_notebook_runs",
     "tests/test_training.py::test_killed_run_resumes_to_identical_parameters",

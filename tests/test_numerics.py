@@ -128,12 +128,12 @@ def test_linear_backward_survives_a_recomputation_one_ulp_off(chunk_size):
     probabilities must still lie in [0, 1] and the gradient stay the exact one."""
     for seed in range(4):
         hidden, weight, labels = _huge_linear_case(seed)
-        args = (hidden, weight, None, labels, 10, chunk_size, 0.0, None, None, None, False)
+        args = (hidden, weight, None, labels, None, None, 10, chunk_size, None, None, False)
         _, residuals = large_vocab._linear_ce_fwd(*args)
         perturbed = (_ulp_up(hidden),) + tuple(residuals[1:])
         g = jnp.ones(4, F32)
-        d_hidden, d_weight, _, _ = large_vocab._linear_ce_bwd(
-            10, chunk_size, 0.0, None, None, None, False, perturbed, g)
+        d_hidden, d_weight, *_ = large_vocab._linear_ce_bwd(
+            10, chunk_size, None, None, False, perturbed, g)
         want_h, want_w = _reference_linear_grads(hidden, weight, labels)
         # p - onehot per entry lies in [-1, 1]: d weight = h^T (p - y) is bounded by
         # sum_n |h_n|, and equals the exact gradient up to the moved ties.
@@ -229,11 +229,11 @@ def test_vocab_parallel_backward_survives_a_recomputation_one_ulp_off():
                    out_specs=(P(), P(None, "model")))
     def grads(h, h_moved, w, y):
         h, h_moved, w = (varying(a, "model") for a in (h, h_moved, w))
-        args = (h, w, None, y, 5, 3, 0.0, "model", None, None, False)
+        args = (h, w, None, y, None, None, 5, 3, "model", None, False)
         _, residuals = large_vocab._linear_ce_fwd(*args)
-        d_h, d_w, _, _ = large_vocab._linear_ce_bwd(5, 3, 0.0, "model", None, None, False,
-                                                    (h_moved,) + tuple(residuals[1:]),
-                                                    jnp.ones(4, F32))
+        d_h, d_w, *_ = large_vocab._linear_ce_bwd(5, 3, "model", None, False,
+                                                  (h_moved,) + tuple(residuals[1:]),
+                                                  jnp.ones(4, F32))
         return jax.lax.psum(d_h, "model"), d_w
 
     d_hidden, d_weight = grads(hidden, _ulp_up(hidden), weight, labels)
