@@ -5,7 +5,8 @@ check``, the benchmark's rows and the README's tables agree with :data:`ENTRIES`
 README tables are rendered from it (:func:`readme_tables`). Adding a loss means adding
 its line here, and the test then names every list it is still missing from.
 
-Columns: ``names`` (the first is the function, the rest are aliases of it), ``module``
+Columns: ``names`` (the first is the function, the rest are aliases of it, or, when
+listed in ``deprecated``, functions that warn and call it), ``module``
 (where it is defined), ``family`` (its README table), ``call`` (how the README shows
 its options), ``optax``, ``torch``, ``keras`` (the nearest equivalent there, or "—"),
 ``notes`` (what differs), ``checked`` (has ``jaxloss check`` cases), ``benchmark`` (has
@@ -51,6 +52,7 @@ class Entry:
     checked: bool = True
     benchmark: bool = False
     domain: tuple[str, ...] | None = None
+    deprecated: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -59,9 +61,10 @@ class Entry:
 
 def _e(names: str, module: str, family: str, call: str, optax: str = NONE,
        torch: str = NONE, keras: str = NONE, notes: str = "", *, checked: bool = True,
-       benchmark: bool = False, domain: tuple[str, ...] | None = None) -> Entry:
+       benchmark: bool = False, domain: tuple[str, ...] | None = None,
+       deprecated: tuple[str, ...] = ()) -> Entry:
     return Entry(tuple(n.strip() for n in names.split(",")), module, family, call, optax,
-                 torch, keras, notes, checked, benchmark, domain)
+                 torch, keras, notes, checked, benchmark, domain, deprecated)
 
 
 SAME = "same name, same values"
@@ -189,7 +192,8 @@ ENTRIES: tuple[Entry, ...] = (
                "log_targets: log_probability")),
     _e("generalized_kl_divergence, convex_kl_divergence", "divergence", "divergence",
        "`generalized_kl_divergence` (`convex_kl_divergence`)", SAME,
-       domain=("log_predictions: logits", "targets: non_negative")),
+       domain=("log_predictions: logits", "targets: non_negative"),
+       deprecated=("convex_kl_divergence",)),
     # Margin and ranking.
     _e("hinge_loss", "margin", "margin", "`hinge_loss`", SAME, NONE, "`Hinge()`",
        domain=("targets: signs",)),

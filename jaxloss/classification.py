@@ -471,9 +471,9 @@ _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
 def softmax_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
     axis: int | tuple[int, ...] = -1,
     where: ArrayLike | None = None,
+    *,
     label_smoothing: float | ArrayLike = 0.0,
     reduction: Reduction = "none",
     softcap: float | ArrayLike | None = None,
@@ -719,9 +719,9 @@ _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
 def softmax_cross_entropy_with_integer_labels(
     logits: ArrayLike,
     labels: ArrayLike,
-    *,
     axis: int | tuple[int, ...] = -1,
     where: ArrayLike | None = None,
+    *,
     ignore_index: int | ArrayLike | None = -100,
     label_smoothing: float | ArrayLike = 0.0,
     class_weights: ArrayLike | None = None,

@@ -306,16 +306,17 @@ def contrastive_loss(
 # Triplet margin loss (PyTorch TripletMarginLoss).
 
 
-@_validate.jit(static_argnames=("norm_degree", "swap", "reduction"),
+@_validate.jit(static_argnames=("axis", "norm_degree", "swap", "reduction"),
                checks={"margin": _validate.non_negative})
 def triplet_margin_loss(
     anchors: ArrayLike,
     positives: ArrayLike,
     negatives: ArrayLike,
-    *,
-    margin: ArrayLike = 1.0,
+    axis: int = -1,
     norm_degree: float = 2,
+    margin: ArrayLike = 1.0,
     eps: ArrayLike = 1e-6,
+    *,
     swap: bool = False,
     reduction: Reduction = "none",
 ) -> jax.Array:
@@ -338,8 +339,9 @@ def triplet_margin_loss(
       anchors: embeddings ``[..., D]``.
       positives: embeddings ``[..., D]``, broadcastable with ``anchors``.
       negatives: embeddings ``[..., D]``, broadcastable with ``anchors``.
-      margin: :math:`m \ge 0`.
+      axis: the feature axis (``D`` above), over which the distances are taken.
       norm_degree: :math:`p \ge 1`.
+      margin: :math:`m \ge 0`.
       eps: added to each difference, as PyTorch does.
       swap: use the distance swap.
       reduction: ``"none"`` (default, one value per triplet), ``"mean"`` or ``"sum"``.
@@ -367,8 +369,10 @@ def triplet_margin_loss(
     shape = _validate.broadcast_shapes(names, *arrays)
     if not shape:
         raise ValueError("anchors, positives and negatives must have a feature axis")
+    axis = _validate.canonical_axis("axis", axis, len(shape))
     dtype = _validate.compute_dtype(*(x.dtype for x in arrays))
-    a, p, n = (jnp.broadcast_to(x, shape).astype(dtype) for x in arrays)
+    a, p, n = (jnp.moveaxis(jnp.broadcast_to(x, shape), axis, -1).astype(dtype)
+               for x in arrays)
     eps = jnp.asarray(eps, dtype)
     positive = _lp_distance(a, p, norm_degree, eps)
     negative = _lp_distance(a, n, norm_degree, eps)

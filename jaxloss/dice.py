@@ -8,11 +8,14 @@ class is 1 (the limit ``smooth -> 0``: nothing predicted where nothing is), so i
 is 0, with gradient 0 (the one-sided derivatives are infinite). optax gives NaN for that
 value and its gradient.
 
-Two further differences, neither of a value: ``apply_softmax=False`` (and
-``binary_dice_loss(apply_sigmoid=False)``) takes the predictions as the probabilities
-they must be, without optax's eager check that they sum to 1 over the class axis (a
-check of values, impossible under ``jax.jit``, and one that rejects any binary
-probability but 1); and ``axis`` may not include the class axis (the last).
+``dice_loss`` and ``multiclass_generalized_dice_loss`` with ``apply_softmax=False``
+check, as optax does, that concrete predictions sum to 1 over the class axis (a
+ValueError naming "valid probability distributions" otherwise); traced predictions
+(under ``jax.jit`` or a transformation) cannot be checked and pass. Two further
+differences, neither of a value: ``binary_dice_loss(apply_sigmoid=False)`` takes the
+predictions as the probabilities they must be, without that check (which in optax
+rejects any binary probability but 1); and ``axis`` may not include the class axis (the
+last).
 
 The derivatives are autodiff of the formula (the 0/0 selected by a double ``where``),
 so there is no custom_vjp and ``jax.jvp``/``jax.hessian`` work.
@@ -24,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxloss import _axes, _validate
@@ -54,6 +58,20 @@ def _class_axis_check(predictions: jax.Array, targets: jax.Array) -> None:
     if tuple(predictions.shape) != tuple(targets.shape):
         raise ValueError(f"targets must have the shape of predictions "
                          f"{tuple(predictions.shape)}, got {_validate.describe(targets)}")
+
+
+def _check_distributions(predictions: jax.Array) -> None:
+    """optax's check that concrete probabilities sum to 1 over the class axis (the
+    last); traced values cannot be checked and pass."""
+    if isinstance(predictions, jax.core.Tracer):
+        return
+    sums = np.sum(np.asarray(predictions), axis=-1)
+    if not np.allclose(sums, 1.0, rtol=1e-5):
+        raise ValueError(
+            "When apply_softmax=False, predictions must be valid probability "
+            "distributions that sum to 1 along the class axis. "
+            f"Found sum range: [{np.min(sums):.6f}, {np.max(sums):.6f}]"
+        )
 
 
 def _dice_terms(
@@ -144,7 +162,8 @@ def dice_loss(
       alpha: weight of the false positives (differentiable).
       beta: weight of the false negatives (differentiable).
       apply_softmax: softmax over the classes (sigmoid with one class) first; False:
-        the predictions are probabilities (not checked).
+        the predictions are probabilities; concrete ones must sum to 1 over the
+        classes (ValueError otherwise, as in optax).
       reduction: over the classes: ``"mean"`` (default), ``"sum"`` or ``"none"``.
       ignore_background: leave class 0 out (with more than one class).
       axis: the axes summed over (default: all but the first and the last); not the
@@ -158,6 +177,19 @@ def dice_loss(
       Milletari et al., `V-Net <https://arxiv.org/abs/1606.04797>`_, 2016; Salehi et
       al., `Tversky loss function <https://arxiv.org/abs/1706.05721>`_, 2017.
     """
+    return _dice_loss(predictions, targets, class_weights, smooth, alpha, beta,
+                      apply_softmax, reduction, ignore_background, axis,
+                      check_distributions=True)
+
+
+def _dice_loss(
+    predictions: ArrayLike, targets: ArrayLike, class_weights: ArrayLike | None,
+    smooth: ArrayLike, alpha: ArrayLike, beta: ArrayLike, apply_softmax: bool,
+    reduction: Reduction, ignore_background: bool, axis: int | tuple[int, ...] | None,
+    *, check_distributions: bool,
+) -> jax.Array:
+    """:func:`dice_loss`; ``check_distributions=False`` (binary_dice_loss) leaves out
+    the check that probabilities sum to 1."""
     reduction = _validate.reduction(reduction)
     predictions, targets = _pair(predictions, targets)
     if predictions.ndim == targets.ndim - 1:
@@ -171,6 +203,8 @@ def dice_loss(
                                                                      predictions.shape[-1]):
             raise ValueError(f"class_weights must have shape ({predictions.shape[-1]},) "
                              f"(one per class), got {_validate.describe(class_weights)}")
+    if check_distributions and not apply_softmax:
+        _check_distributions(predictions)
     return _dice(predictions, targets, class_weights, _scalar_like("smooth", smooth),
                  _scalar_like("alpha", alpha), _scalar_like("beta", beta), apply_softmax,
                  reduction, ignore_background, axis)
@@ -196,7 +230,9 @@ def multiclass_generalized_dice_loss(
         ``[batch, ..., classes]``.
       targets: one-hot (or soft) targets of the same shape.
       smooth: added to the numerator and the denominator (differentiable).
-      apply_softmax: softmax over the classes first (sigmoid with one class).
+      apply_softmax: softmax over the classes first (sigmoid with one class); False:
+        the predictions are probabilities; concrete ones must sum to 1 over the
+        classes (ValueError otherwise, as in optax).
       ignore_background: leave class 0 out of the mean (it still counts in the
         normalization of the weights, as in optax).
 
@@ -209,6 +245,8 @@ def multiclass_generalized_dice_loss(
     """
     predictions, targets = _pair(predictions, targets)
     _class_axis_check(predictions, targets)
+    if not apply_softmax:
+        _check_distributions(predictions)
     frequencies = jnp.sum(targets, axis=tuple(range(targets.ndim - 1)))
     weights = 1.0 / (frequencies**2 + 1e-7)
     weights = weights / jnp.sum(weights) * weights.shape[0]
@@ -253,5 +291,5 @@ def binary_dice_loss(
     predictions, targets = _pair(predictions, targets)
     if predictions.ndim == targets.ndim and predictions.ndim and predictions.shape[-1] != 1:
         predictions, targets = predictions[..., None], targets[..., None]
-    return dice_loss(predictions, targets, smooth=smooth, apply_softmax=apply_sigmoid,
-                     reduction="mean")
+    return _dice_loss(predictions, targets, None, smooth, 0.5, 0.5, apply_sigmoid, "mean",
+                      False, None, check_distributions=False)

@@ -14,6 +14,8 @@ double ``where``), so there is no custom_vjp and ``jax.jvp``/``jax.hessian`` wor
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -179,7 +181,7 @@ def generalized_kl_divergence(
 
     with :math:`0 \log 0 = 0` and gradient 0 of that term at :math:`t_i = 0` (so
     :math:`\partial D / \partial t_i = -1` there), as :func:`kl_divergence`.
-    ``convex_kl_divergence`` is the same function (optax's deprecated name).
+    ``convex_kl_divergence`` (optax's deprecated name) warns and calls this function.
 
     Args:
       log_predictions: log of the (unnormalized) predicted measure, ``[..., dim]``.
@@ -201,4 +203,18 @@ def generalized_kl_divergence(
     return _axes.finish(_sum(terms, where, reduced), reduction, where, reduced)
 
 
-convex_kl_divergence = generalized_kl_divergence
+def convex_kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+    *,
+    reduction: Reduction = "none",
+) -> jax.Array:
+    """Deprecated, as in optax: :func:`generalized_kl_divergence` (same arguments and
+    values), with optax's ``DeprecationWarning``."""
+    warnings.warn("The function convex_kl_divergence is deprecated. Please use "
+                  "generalized_kl_divergence instead.", category=DeprecationWarning,
+                  stacklevel=2)
+    return generalized_kl_divergence(log_predictions, targets, axis, where,
+                                     reduction=reduction)

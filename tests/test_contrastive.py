@@ -383,6 +383,18 @@ def test_contrastive_from_distance_gradient(x64):
         argnums=(0, 1))
 
 
+def test_triplet_axis_and_optax_positional_order():
+    rng = np.random.default_rng(3)
+    a, p, n = (rng.normal(size=(4, 2, 3)).astype(np.float32) for _ in range(3))
+    want = jaxloss.triplet_margin_loss(*(np.moveaxis(x, 0, -1) for x in (a, p, n)),
+                                       margin=0.5, norm_degree=3, eps=1e-3)
+    # optax's order: (anchors, positives, negatives, axis, norm_degree, margin, eps).
+    got = jaxloss.triplet_margin_loss(a, p, n, 0, 3, 0.5, 1e-3)
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="axis"):
+        jaxloss.triplet_margin_loss(a, p, n, 3)
+
+
 def test_triplet_gradients(x64):
     """Norm degrees 1 and 2, with and without the swap (TRIPLET_OPTIONS, in order)."""
     def loss(a, p, n):

@@ -125,6 +125,19 @@ class ValueTest(chex.TestCase):
                                     rtol=2e-6)
 
 
+def test_probabilities_that_do_not_sum_to_one_raise_when_concrete():
+    bad = PROBS * 0.5
+    for loss in (jaxloss.dice_loss, jaxloss.multiclass_generalized_dice_loss,
+                 optax.losses.dice_loss):
+        with pytest.raises(ValueError, match="valid probability distributions"):
+            loss(bad, T, apply_softmax=False)
+    # Traced values cannot be checked: they pass (and so do the logits' defaults).
+    got = jax.jit(lambda p: jaxloss.dice_loss(p, T, apply_softmax=False))(bad)
+    chex.assert_trees_all_close(got, ref_dice(bad, T, apply_softmax=False), rtol=2e-6)
+    jaxloss.dice_loss(bad, T)
+    jaxloss.binary_dice_loss(bad[..., 0], T[..., 0], apply_sigmoid=False)  # not checked
+
+
 # ----------------------------------------------------------------- gradients
 
 

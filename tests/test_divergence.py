@@ -101,12 +101,15 @@ class ValueTest(chex.TestCase):
                                         rtol=1e-5, atol=1e-6)
 
 
-def test_convex_kl_is_generalized_kl():
-    assert jaxloss.convex_kl_divergence is jaxloss.generalized_kl_divergence
+def test_convex_kl_is_generalized_kl_and_deprecated_as_in_optax():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = optax.losses.convex_kl_divergence(LP, 2 * T)
-    chex.assert_trees_all_close(jaxloss.convex_kl_divergence(LP, 2 * T), want, rtol=1e-6)
+    with pytest.warns(DeprecationWarning, match="use generalized_kl_divergence") as caught:
+        got = jaxloss.convex_kl_divergence(LP, 2 * T, -1, None, reduction="none")
+    assert caught[0].filename == __file__  # points at the caller, as optax's does
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    chex.assert_trees_all_close(got, jaxloss.generalized_kl_divergence(LP, 2 * T))
 
 
 # ----------------------------------------------------------------- gradients
