@@ -1,8 +1,9 @@
 """jaxloss: numerically exact loss functions for JAX.
 
 Every loss is a pure function that jit-compiles, vmaps and differentiates; the
-cross-entropies carry a ``jax.custom_vjp`` whose backward pass is the closed-form
-derivative. Names, call convention and values follow ``optax.losses``.
+cross-entropies carry a custom derivative rule whose backward pass is the closed-form
+derivative and serves forward mode (``jax.jvp``) too. Names, call convention and
+values follow ``optax.losses``.
 """
 
 from jaxloss import distributed  # noqa: F401  (jaxloss.distributed.data_mesh, ...)

@@ -214,12 +214,14 @@ def sech2(u: jax.Array) -> jax.Array:
 def transform_grad(d: jax.Array, x: jax.Array, h: Head | None) -> jax.Array:
     r"""``d`` (the gradient with respect to :math:`x'`) times
     :math:`\partial x'/\partial x = \operatorname{sech}^2(x/c)/\tau` at the raw logits
-    ``x``; 0 where ``d`` is 0, even where ``x`` is NaN (an ignored or masked entry)."""
+    ``x``; 0 where ``d`` is 0, even where ``x`` is NaN (a masked entry). Linear in
+    ``d`` (:mod:`jaxloss._rules`): the slope is 0 where ``x`` is not finite, and where
+    such an ``x`` is not masked ``d`` is NaN already."""
     if h is None:
         return d
     if h.softcap is not None:
         slope = sech2(_finite(x) / h.softcap.astype(x.dtype))
-        d = _times(d, jnp.where(jnp.isinf(x), 0, slope))
+        d = d * jnp.where(jnp.isfinite(x), slope, 0)
     if h.temperature is not None:
         d = d / h.temperature.astype(d.dtype)
     return d
@@ -294,11 +296,15 @@ def option_sums(h: Head | None, d: jax.Array, x: jax.Array, raw: jax.Array,
         return None, None
     t = c = None
     if h.temperature is not None:
-        t = jnp.sum(_times(d, jnp.where(x > -jnp.inf, x - m, 0)))
+        # Linear in d: the factor is 0 where not finite (a class at -inf, or a NaN
+        # logit, whose d is then NaN or, masked, 0).
+        shifted = x - m
+        t = jnp.sum(d * jnp.where(jnp.isfinite(shifted), shifted, 0))
     if h.softcap is not None:
         b = beta(h)
         scaled = d if b is None else d * b.astype(d.dtype)
-        c = jnp.sum(_times(scaled, cap_slope(raw, h)))
+        slope = cap_slope(raw, h)
+        c = jnp.sum(scaled * jnp.where(jnp.isfinite(slope), slope, 0))
     return t, c
 
 
@@ -316,7 +322,7 @@ def head_cotangent(h: Head | None, sums: tuple[jax.Array | None, jax.Array | Non
     z = z_coefficient(h, m, log_s)
     if h.temperature is not None:
         assert t is not None
-        rows = 0.0 if z is None else share * jnp.sum(_times(_times(g, z), m))
+        rows = 0.0 if z is None else share * jnp.sum(g * _times(z, m))
         b = beta(h)
         assert b is not None
         d_temperature = (-(b * b) * (t + rows)).astype(h.temperature.dtype)
@@ -326,7 +332,7 @@ def head_cotangent(h: Head | None, sums: tuple[jax.Array | None, jax.Array | Non
     if h.z_loss is not None:
         value = lse(h, m, log_s)
         squares = jnp.where(jnp.isfinite(value), jnp.square(value), 0)
-        d_z = (share * jnp.sum(_times(g, squares))).astype(h.z_loss.dtype)
+        d_z = (share * jnp.sum(g * squares)).astype(h.z_loss.dtype)
     return Head(d_softcap, d_temperature, d_z)
 
 

@@ -231,7 +231,7 @@ ENTRIES: tuple[Entry, ...] = (
     _e("ctc_loss", "sequence", "structured",
        "`ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=, "
        "zero_infinity=)`", SAME, '`CTCLoss(reduction="none", zero_infinity=)`', "`CTC()`",
-       "gradient from the alpha–beta recursion (custom_vjp); finite at a −inf class, "
+       "gradient from the alpha–beta recursion (a custom rule); finite at a −inf class, "
        "where optax gives NaN", benchmark=True, domain=_CTC),
     _e("ctc_loss_with_forward_probs", "sequence", "structured",
        "`ctc_loss_with_forward_probs`", SAME, domain=_CTC),

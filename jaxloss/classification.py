@@ -1,7 +1,8 @@
 """Classification losses: sigmoid/binary and softmax/categorical cross-entropy, and
 PyTorch's negative log-likelihood and soft margin losses.
 
-Each cross-entropy is a ``jax.custom_vjp`` whose backward pass is the closed-form
+Each cross-entropy has a custom rule (:mod:`jaxloss._rules`: a forward and a backward
+pass, serving reverse and forward mode) whose backward pass is the closed-form
 derivative; ``nll_loss``, ``soft_margin_loss`` and ``multilabel_soft_margin_loss`` are
 plain autodiff of stable (softplus) formulas, exact at logits of +-1e30.
 The softmax losses keep only their inputs and one log-sum-exp per row as residuals
@@ -20,14 +21,13 @@ input):
 - Bad values cannot raise under ``jit``: an out-of-range integer label gives NaN;
   wrap the loss in :func:`jaxloss.checked` to raise instead.
 
-Inside ``jax.shard_map`` (rows split over devices) the inputs of each custom_vjp are
+Inside ``jax.shard_map`` (rows split over devices) the inputs of each custom rule are
 first typed alike with :func:`jaxloss.distributed.match_varying`, so a replicated
 option (``pos_weight``, ``class_weights``) gets its gradient summed over the devices.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxloss import _lm_head, _softmax, _validate
+from jaxloss import _lm_head, _rules, _softmax, _validate
+from jaxloss._math import kept as _kept
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
 from jaxloss.distributed import AxisName, match_varying
@@ -67,7 +68,7 @@ BCE_GRAD_EPSILON = float(np.float32(1e-12))
 # Sigmoid (binary) cross-entropy on logits.
 
 
-@jax.custom_vjp
+@_rules.rule()
 def _sigmoid_bce(logits: jax.Array, labels: jax.Array, pos_weight: jax.Array) -> jax.Array:
     return _sigmoid_bce_value(logits, labels, pos_weight)
 
@@ -99,9 +100,9 @@ def _sigmoid_bce_bwd(
     logits, labels, pos_weight = residuals
     x = logits.astype(labels.dtype)
     wy = pos_weight * labels
-    d_logits = _times(g, jax.nn.sigmoid(x) * (wy + 1 - labels) - wy)
-    d_labels = _times(g, pos_weight * jax.nn.softplus(-x) - jax.nn.softplus(x))
-    d_pos_weight = _times(g, _times(labels, jax.nn.softplus(-x)))
+    d_logits = g * (jax.nn.sigmoid(x) * (wy + 1 - labels) - wy)
+    d_labels = g * (pos_weight * jax.nn.softplus(-x) - jax.nn.softplus(x))
+    d_pos_weight = g * _times(labels, jax.nn.softplus(-x))
     return d_logits.astype(logits.dtype), d_labels, d_pos_weight
 
 
@@ -176,7 +177,8 @@ def sigmoid_binary_cross_entropy(
     like = jnp.zeros_like(logits, dtype)
     labels = like + labels
     pos_weight = jnp.ones((), dtype) if pos_weight is None else pos_weight.astype(dtype)
-    losses = _sigmoid_bce(*match_varying(logits, labels, like + pos_weight))
+    losses = _sigmoid_bce(*match_varying(_kept(logits, where), _kept(labels, where),
+                                         like + pos_weight))
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 
@@ -184,7 +186,7 @@ def sigmoid_binary_cross_entropy(
 # Binary cross-entropy on probabilities (PyTorch BCELoss).
 
 
-@jax.custom_vjp
+@_rules.rule()
 def _bce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
     return _bce_value(probabilities, labels)
 
@@ -210,10 +212,10 @@ def _bce_bwd(
     the exact derivative wherever :math:`p(1-p) > 10^{-12}` and finite at 0 and 1."""
     probabilities, labels = residuals
     p = probabilities.astype(labels.dtype)
-    d_p = _times(g, (p - labels) / jnp.maximum(p * (1 - p), BCE_GRAD_EPSILON))
+    d_p = g * ((p - labels) / jnp.maximum(p * (1 - p), BCE_GRAD_EPSILON))
     log_p = jnp.maximum(jnp.log(p), BCE_LOG_CLAMP)
     log_not_p = jnp.maximum(jnp.log1p(-p), BCE_LOG_CLAMP)
-    d_labels = _times(g, log_not_p - log_p)
+    d_labels = g * (log_not_p - log_p)
     return d_p.astype(probabilities.dtype), d_labels
 
 
@@ -261,7 +263,7 @@ def binary_cross_entropy(
     _validate.broadcasts_to("probabilities", probabilities, labels=labels, where=where)
     dtype = _validate.compute_dtype(probabilities.dtype)
     labels = jnp.broadcast_to(labels.astype(dtype), probabilities.shape)
-    losses = _bce(*match_varying(probabilities, labels))
+    losses = _bce(*match_varying(_kept(probabilities, where), _kept(labels, where)))
     return weighted_reduce(losses, reduction, where=where, denominator=None)
 
 
@@ -357,12 +359,17 @@ def _log_normalizer(
     return pair
 
 
-def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
-    """Uniform distribution over the classes that exist: finite logit, not masked."""
+def _support(x: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """The classes that exist (finite logit, not masked) and their count per row."""
     support = x > -jnp.inf
     if valid is not None:
         support = support & valid
-    count = jnp.sum(support, axis=-1, keepdims=True)
+    return support, jnp.sum(support, axis=-1, keepdims=True)
+
+
+def _smoothing_support(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """Uniform distribution over the classes that exist: finite logit, not masked."""
+    support, count = _support(x, valid)
     return support / jnp.maximum(count, 1).astype(x.dtype)
 
 
@@ -372,7 +379,7 @@ def _cross_entropy_grad(
 ) -> jax.Array:
     """:math:`g\\,(p \\sum_c a_c - a)`, the gradient of :math:`\\sum_c a_c(\\mathrm{lse} - x_c)`."""
     p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
-    return _times(g[..., None], p * jnp.sum(target, axis=-1, keepdims=True) - target)
+    return g[..., None] * (p * jnp.sum(target, axis=-1, keepdims=True) - target)
 
 
 # ---------------------------------------------------------------------------------
@@ -385,10 +392,10 @@ _SoftmaxCEResiduals = tuple[
     jax.Array, jax.Array]
 _IntegerCEResiduals = tuple[
     jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None,
-    _lm_head.Head | None, jax.Array, jax.Array]
+    jax.Array | None, _lm_head.Head | None, jax.Array, jax.Array]
 
 
-@jax.custom_vjp
+@_rules.rule()
 def _softmax_ce(
     logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
     valid: jax.Array | None, head: _lm_head.Head | None,
@@ -444,7 +451,7 @@ def _softmax_ce_bwd(
     z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
     if z is not None:
         p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
-        d_logits = d_logits + _times((g * z)[..., None], p)
+        d_logits = d_logits + (g * z)[..., None] * p
     d_head = _lm_head.head_cotangent(
         head, _lm_head.option_sums(head, d_logits, x, logits.astype(labels.dtype), m),
         m[..., 0], log_s[..., 0], g)
@@ -453,12 +460,12 @@ def _softmax_ce_bwd(
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
     half = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s, scale=0.5,
                                                             beta=beta), 0)
-    d_labels = 2 * _times(g[..., None], half)
+    d_labels = 2 * g[..., None] * half
     d_smoothing = None
     if smoothing is not None:
         d_labels = (1 - smoothing) * d_labels
         shift = _smoothing_support(x, valid) - labels
-        d_smoothing = 2 * jnp.sum(_times(g[..., None], shift * half))
+        d_smoothing = 2 * jnp.sum(g[..., None] * (shift * half))
         d_smoothing = d_smoothing.astype(smoothing.dtype)
     return d_logits.astype(logits.dtype), d_labels, d_smoothing, None, d_head
 
@@ -599,20 +606,20 @@ def _label_coefficient(
     return coefficient if smoothing is None else (1 - smoothing) * coefficient
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+@_rules.rule(nondiff_argnums=(7, 8))
 def _integer_ce(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    smoothing: jax.Array | None, valid: jax.Array | None, head: _lm_head.Head | None,
-    gather: bool, with_stats: bool,
+    smoothing: jax.Array | None, valid: jax.Array | None, keep: jax.Array | None,
+    head: _lm_head.Head | None, gather: bool, with_stats: bool,
 ) -> Any:
-    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, head, gather,
-                           with_stats)[0]
+    return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, keep, head,
+                           gather, with_stats)[0]
 
 
 def _integer_ce_fwd(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    smoothing: jax.Array | None, valid: jax.Array | None, head: _lm_head.Head | None,
-    gather: bool, with_stats: bool,
+    smoothing: jax.Array | None, valid: jax.Array | None, keep: jax.Array | None,
+    head: _lm_head.Head | None, gather: bool, with_stats: bool,
 ) -> tuple[Any, _IntegerCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
     (\mathrm{lse} - x_c) + \varepsilon_z \mathrm{lse}^2` with :math:`\alpha = (1 -
@@ -620,7 +627,9 @@ def _integer_ce_fwd(
     ``[0, C)``. The output is :math:`\ell/2`, doubled after the reduction (exactly: a
     power of 2), so that a weighted mean of losses near the float maximum is finite
     where it fits. Residuals: the inputs and the normalizer :math:`(m, \log s)` per
-    row. With ``with_stats`` the output is ``(loss / 2, m, log_s, x_y)``."""
+    row. With ``with_stats`` the output is ``(loss / 2, m, log_s, x_y)``. ``keep``
+    (None: all) marks the rows that the reduction keeps: the backward pass reads the
+    others as 0, so that their gradient is 0 whatever they hold."""
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
     beta = _lm_head.beta(head)
@@ -643,12 +652,12 @@ def _integer_ce_fwd(
     in_range = (labels >= 0) & (labels < x.shape[-1])
     loss = jnp.where(in_range, loss, jnp.nan)
     out = (loss, m[..., 0], log_s[..., 0], label_logit) if with_stats else loss
-    return out, (logits, labels, class_weights, smoothing, valid, head, m, log_s)
+    return out, (logits, labels, class_weights, smoothing, valid, keep, head, m, log_s)
 
 
 def _integer_ce_bwd(
     gather: bool, with_stats: bool, residuals: _IntegerCEResiduals, g: Any,
-) -> tuple[jax.Array, None, jax.Array | None, jax.Array | None, None,
+) -> tuple[jax.Array, None, jax.Array | None, jax.Array | None, None, None,
            _lm_head.Head | None]:
     r""":math:`\partial\ell/\partial x' = p \,(\sum_c a_c + 2\varepsilon_z
     \mathrm{lse}) - a` with :math:`a = \alpha\,\mathrm{onehot}(y) + \epsilon w u`
@@ -661,23 +670,36 @@ def _integer_ce_bwd(
     if with_stats:
         g = g[0]
     g = 0.5 * g  # the output is half the loss
-    logits, labels, class_weights, smoothing, valid, head, m, log_s = residuals
+    logits, labels, class_weights, smoothing, valid, keep, head, m, log_s = residuals
+    if keep is not None:
+        logits, m, log_s = (_kept(a, keep[..., None]) for a in (logits, m, log_s))
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
     beta = _lm_head.beta(head)
     alpha = _label_coefficient(x, labels, class_weights, smoothing, gather)
     smooth = _smoothing_terms(x, class_weights, smoothing, valid)
-    total = alpha if smooth is None else alpha + jnp.sum(smooth, axis=-1)
+    total = alpha
+    if smooth is not None and class_weights is None:
+        assert smoothing is not None
+        # sum_c eps u_c = eps on a row with a class (no reduction over the row here).
+        total = alpha + jnp.where(_support(x, valid)[1][..., 0] > 0, smoothing, 0)
+    elif smooth is not None:
+        total = alpha + jnp.sum(smooth, axis=-1)
     z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
     if z is not None:
         total = total + z
     p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
-    d_logits = _times((g * total)[..., None], p)
+    # The derivative of each row's loss first, then one product with the cotangent:
+    # reverse mode transposes this map twice (jaxloss._rules), and a single product
+    # comes back as the one elementwise pass the backward pass is.
+    factor = total[..., None] * p
     if smooth is not None:
-        d_logits = d_logits - _times(g[..., None], smooth)
-    d_logits = d_logits - _at_label(_times(g, alpha), labels, x.shape)
-    flagged = ~((labels >= 0) & (labels < x.shape[-1])) & (g != 0)
-    d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
+        factor = factor - smooth
+    factor = factor - _at_label(alpha, labels, x.shape)
+    # A row whose label is out of range: NaN.
+    in_range = (labels >= 0) & (labels < x.shape[-1])
+    factor = jnp.where(in_range[..., None], factor, jnp.nan)
+    d_logits = g[..., None] * factor
     d_head = _lm_head.head_cotangent(
         head, _lm_head.option_sums(head, d_logits, x, logits.astype(dtype), m), m[..., 0],
         log_s[..., 0], g)
@@ -689,14 +711,14 @@ def _integer_ce_bwd(
         half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
         label_half = _softmax.neg_log_probabilities(_pick(x, labels, gather), m[..., 0],
                                                     log_s[..., 0], scale=0.5, beta=beta)
-        keep = 1.0 if smoothing is None else 1 - smoothing
+        kept_share = 1.0 if smoothing is None else 1 - smoothing
     if class_weights is not None:
         # A compare-and-sum down the rows, not a scatter: it fuses, and it has an
         # unambiguous sharding when the rows are split over devices.
-        per_class = _at_label(_times(g, keep * label_half), labels, x.shape)
+        per_class = _at_label(g * (kept_share * label_half), labels, x.shape)
         if smoothing is not None:
             uniform = smoothing * _smoothing_support(x, valid)
-            per_class = per_class + _times(g[..., None], _times(uniform, half))
+            per_class = per_class + g[..., None] * _times(uniform, half)
         d_weights = 2 * jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
     if smoothing is not None:
         w_u = _smoothing_support(x, valid)
@@ -705,8 +727,8 @@ def _integer_ce_bwd(
             w_u = w_u * class_weights
             w_y = _pick(jnp.broadcast_to(class_weights, x.shape), labels, gather)
         shift = jnp.sum(_times(w_u, half), axis=-1) - _times(w_y, label_half)
-        d_smoothing = (2 * jnp.sum(_times(g, shift))).astype(smoothing.dtype)
-    return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None, d_head
+        d_smoothing = (2 * jnp.sum(g * shift)).astype(smoothing.dtype)
+    return d_logits.astype(logits.dtype), None, d_weights, d_smoothing, None, None, d_head
 
 
 _integer_ce.defvjp(_integer_ce_fwd, _integer_ce_bwd)
@@ -865,9 +887,11 @@ def softmax_cross_entropy_with_integer_labels(
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
     gather = not _class_axis_sharded(x)
-    x, labels, class_weights, smoothing, valid, head = _lm_head.match_varying_with_head(
-        head, x, labels, class_weights, smoothing, valid)
-    out = _integer_ce(x, labels, class_weights, smoothing, valid, head, gather, return_aux)
+    x, labels, class_weights, smoothing, valid, keep, head = (
+        _lm_head.match_varying_with_head(head, x, labels, class_weights, smoothing, valid,
+                                         keep))
+    out = _integer_ce(x, labels, class_weights, smoothing, valid, keep, head, gather,
+                      return_aux)
     losses = out[0] if return_aux else out
     denominator = None
     if class_weights is not None:
@@ -884,7 +908,7 @@ def softmax_cross_entropy_with_integer_labels(
 # Categorical cross-entropy on probabilities (Keras).
 
 
-@jax.custom_vjp
+@_rules.rule()
 def _categorical_ce(probabilities: jax.Array, labels: jax.Array) -> jax.Array:
     return _categorical_ce_fwd(probabilities, labels)[0]
 
@@ -919,8 +943,8 @@ def _categorical_ce_bwd(
     ratio, clipped, total = _clipped(probabilities, labels.dtype)
     inside = (ratio > KERAS_EPSILON) & (ratio < 1 - KERAS_EPSILON)
     h = jnp.where(inside, -labels / clipped, 0)
-    d_p = _times(g[..., None], (h - jnp.sum(h * ratio, axis=-1, keepdims=True)) / total)
-    d_labels = _times(g[..., None], -jnp.log(clipped))
+    d_p = g[..., None] * ((h - jnp.sum(h * ratio, axis=-1, keepdims=True)) / total)
+    d_labels = g[..., None] * -jnp.log(clipped)
     return d_p.astype(probabilities.dtype), d_labels
 
 

@@ -3,14 +3,13 @@ Siamese networks, triplet margin, NT-Xent and InfoNCE, and pair sampling.
 
 The naive Euclidean distance ``jnp.linalg.norm(a - b)`` has a NaN gradient at
 ``a == b``, exactly where a Siamese network starts (both towers share weights, so a
-pair of identical inputs has distance 0). Here the distance carries a
-``jax.custom_vjp`` that returns PyTorch's subgradient 0 there, and every loss built on
-it inherits a finite gradient.
+pair of identical inputs has distance 0). Here the distance carries a custom rule
+(:mod:`jaxloss._rules`, reverse and forward mode) that returns PyTorch's subgradient 0
+there, and every loss built on it inherits a finite gradient.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -18,12 +17,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxloss import _softmax, _validate
+from jaxloss import _rules, _softmax, _validate
 from jaxloss import distributed as dist
 from jaxloss._math import abs0
 from jaxloss._math import safe_divide as _safe_divide
 from jaxloss._math import safe_sqrt as _safe_sqrt
-from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
 
 __all__ = [
@@ -46,7 +44,7 @@ METRICS = ("euclidean", "squared_euclidean", "cosine")
 # Distances.
 
 
-@jax.custom_vjp
+@_rules.rule()
 def _euclidean(a: jax.Array, b: jax.Array, eps: jax.Array) -> jax.Array:
     return _euclidean_value(a, b, eps)
 
@@ -631,7 +629,7 @@ _InfoNCEResiduals = tuple[jax.Array, jax.Array, jax.Array, jax.Array,
                           tuple[jax.Array, jax.Array], tuple[jax.Array, ...] | None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+@_rules.rule(nondiff_argnums=(4, 5, 6, 7))
 def _info_nce(q: jax.Array, k: jax.Array, k_all: jax.Array, temperature: jax.Array,
               symmetric: bool, chunk: int | None, axis_name: dist.AxisName | None,
               precision: _validate.Precision) -> jax.Array:
@@ -715,25 +713,40 @@ def _info_nce_bwd(
     if symmetric and axis_name is not None:  # every column's cotangent
         g_col = dist.all_gather_with_grad(g_own, axis_name)
 
-    def block(s: jax.Array, g_rows: jax.Array, m_rows: jax.Array,
-              log_s_rows: jax.Array) -> jax.Array:
-        """G for a block of rows (without the diagonal term)."""
+    # The temperature's gradient sums G s over the block, with each softmax's terms
+    # taken relative to its own max (row: m_i, column: m_j): at scores of 1e30 those
+    # terms cancel exactly, in either mode. The max's share, g m per row (and column),
+    # cancels against the diagonal's in closed form; over a split axis the columns'
+    # share is summed across devices, so there the column terms stay unshifted.
+    shift_columns = symmetric and axis_name is None
+
+    def block(s: jax.Array, real: jax.Array | None, g_rows: jax.Array, m_rows: jax.Array,
+              log_s_rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        r"""G for a block of rows (without the diagonal term; 0 on the rows that are
+        not ``real``, a chunk's padding), and its share of :math:`\sum G s` (shifted
+        as above)."""
         p = _softmax.probabilities(s, m_rows[:, None], log_s_rows[:, None],
                                    recomputed=True)
-        grad = _times(g_rows[:, None], p)
+        row_part = g_rows[:, None] * p
+        t = jnp.sum(row_part * (s - _softmax.finite_shift(m_rows)[:, None]))
+        grad = row_part
         if symmetric:
             assert col is not None  # symmetric: the forward pass kept it
             p = _softmax.probabilities(s, col[0][None, :], col[1][None, :],
                                        recomputed=True)
-            grad = grad + _times(g_col[None, :], p)
-        return grad
+            col_part = g_col[None, :] * p
+            if real is not None:
+                col_part = jnp.where(real, col_part, 0)
+            shift = _softmax.finite_shift(col[0])[None, :] if shift_columns else 0
+            t = t + jnp.sum(col_part * (s - shift))
+            grad = grad + col_part
+        return grad, t
 
     if chunk is None:
         s = _scores(q, k_all, temperature, precision)
-        grad = block(s, g_row, row_m, row_log_s)
+        grad, d_t = block(s, None, g_row, row_m, row_log_s)
         d_q = jnp.matmul(grad, k_all.astype(dtype), precision=precision)
         d_k_all = jnp.matmul(grad.T, q.astype(dtype), precision=precision)
-        d_t = jnp.sum(grad * s)
     else:
         starts = jnp.arange(0, batch + (-batch % chunk), chunk)
         rows = tuple(_row_chunks(a, chunk) for a in (g_row, row_m, row_log_s))
@@ -745,20 +758,29 @@ def _info_nce_bwd(
             q_chunk, row, start = xs
             s = _scores(q_chunk, k_all, temperature, precision)
             real = (start + jnp.arange(chunk) < batch)[:, None]
-            grad = jnp.where(real, block(jnp.where(real, s, 0), *row), 0)
+            grad, t = block(jnp.where(real, s, 0), real, *row)
             d_k_all = d_k_all + jnp.matmul(grad.T, q_chunk.astype(dtype), precision=precision)
-            d_t = d_t + jnp.sum(grad * jnp.where(real, s, 0))
+            d_t = d_t + t
             return (d_k_all, d_t), jnp.matmul(grad, k_all.astype(dtype), precision=precision)
 
         init = _carry(axis_name, jnp.zeros(k_all.shape, dtype), jnp.zeros((), dtype))
-        (d_k_all, d_t), d_q = jax.lax.scan(step, init, (_row_chunks(q, chunk), rows, starts))
+        # Checkpointed: transposed for forward mode (:mod:`jaxloss._rules`) the step
+        # recomputes its scores rather than stacking every chunk's, [B, B] in all.
+        (d_k_all, d_t), d_q = jax.lax.scan(jax.checkpoint(step, prevent_cse=False), init,
+                                           (_row_chunks(q, chunk), rows, starts))
         d_q = d_q.reshape(-1, q.shape[1])[:batch]
     # The positives s_{i,o+i}: -(g_row + g_col) each, on this device's own keys.
     g_diag = g_row + g_own
     d_q = d_q - g_diag[:, None] * k.astype(dtype)
     d_k = -g_diag[:, None] * q.astype(dtype)
     diagonal = jnp.sum(q.astype(dtype) * k, axis=-1) / temperature
-    d_t = d_t - jnp.sum(g_diag * diagonal)
+    d_t = d_t - jnp.sum(g_row * (diagonal - _softmax.finite_shift(row_m)))
+    if symmetric:
+        own = diagonal
+        if shift_columns:
+            assert col is not None
+            own = diagonal - _softmax.finite_shift(col[0])
+        d_t = d_t - jnp.sum(g_own * own)
     return ((d_q / temperature).astype(q.dtype), (d_k / temperature).astype(k.dtype),
             (d_k_all / temperature).astype(k_all.dtype),
             (-d_t / temperature).astype(temperature.dtype))

@@ -17,7 +17,6 @@ already-formed logit shards.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -25,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxloss import _lm_head, _softmax, _validate
+from jaxloss import _lm_head, _rules, _softmax, _validate
+from jaxloss._math import kept as _kept
 from jaxloss._math import times as _times
 from jaxloss._reduce import Reduction, weighted_reduce
 from jaxloss.distributed import (
@@ -150,24 +150,24 @@ def _owner_pick(values: jax.Array, local: jax.Array, axis_name: AxisName) -> jax
 # the loss's derivative with respect to the smoothing (with smoothing).
 _ShardedCEResiduals = tuple[
     jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None,
-    _lm_head.Head | None, jax.Array, jax.Array, jax.Array, jax.Array | None,
+    jax.Array | None, _lm_head.Head | None, jax.Array, jax.Array, jax.Array, jax.Array | None,
     jax.Array | None, jax.Array | None, jax.Array | None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+@_rules.rule(nondiff_argnums=(7, 8))
 def _sharded_integer_ce(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    valid: jax.Array | None, smoothing: jax.Array | None, head: _lm_head.Head | None,
-    axis_name: AxisName, with_stats: bool,
+    valid: jax.Array | None, keep: jax.Array | None, smoothing: jax.Array | None,
+    head: _lm_head.Head | None, axis_name: AxisName, with_stats: bool,
 ) -> Any:
-    return _sharded_integer_ce_fwd(logits, labels, class_weights, valid, smoothing, head,
-                                   axis_name, with_stats)[0]
+    return _sharded_integer_ce_fwd(logits, labels, class_weights, valid, keep, smoothing,
+                                   head, axis_name, with_stats)[0]
 
 
 def _sharded_integer_ce_fwd(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
-    valid: jax.Array | None, smoothing: jax.Array | None, head: _lm_head.Head | None,
-    axis_name: AxisName, with_stats: bool,
+    valid: jax.Array | None, keep: jax.Array | None, smoothing: jax.Array | None,
+    head: _lm_head.Head | None, axis_name: AxisName, with_stats: bool,
 ) -> tuple[Any, _ShardedCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \epsilon \sum_c w_c u_c
     (\mathrm{lse} - x_c)` with :math:`\alpha = (1 - \epsilon) w_y`, the classes split
@@ -212,8 +212,9 @@ def _sharded_integer_ce_fwd(
     if z is not None:
         loss = loss + 0.5 * z
     loss = jnp.where(in_range, loss, jnp.nan)
-    residuals = (logits, labels, class_weights, valid, smoothing, head, m, log_s, alpha,
-                 total, None if class_weights is None else label_half, count, d_smoothing)
+    residuals = (logits, labels, class_weights, valid, keep, smoothing, head, m, log_s,
+                 alpha, total, None if class_weights is None else label_half, count,
+                 d_smoothing)
     return ((loss, m, log_s, label_logit) if with_stats else loss), residuals
 
 
@@ -229,7 +230,7 @@ def _shard_smoothing(
 
 def _sharded_integer_ce_bwd(
     axis_name: AxisName, with_stats: bool, residuals: _ShardedCEResiduals, g: Any,
-) -> tuple[jax.Array, None, jax.Array | None, None, jax.Array | None,
+) -> tuple[jax.Array, None, jax.Array | None, None, None, jax.Array | None,
            _lm_head.Head | None]:
     r""":math:`\partial\ell/\partial x_c = p_c (\alpha + \epsilon \sum_k w_k u_k) -
     \alpha [c = y] - \epsilon w_c u_c` on this shard's classes (:math:`p` rebuilt from
@@ -241,8 +242,17 @@ def _sharded_integer_ce_bwd(
     if with_stats:
         g = g[0]
     g = 0.5 * g  # the output is half the loss
-    (logits, labels, class_weights, valid, smoothing, head, m, log_s, alpha, total,
+    (logits, labels, class_weights, valid, keep, smoothing, head, m, log_s, alpha, total,
      label_half, count, d_smoothing_rows) = residuals
+    if keep is not None:  # rows left out read as 0 (:func:`jaxloss._math.kept`)
+        logits = _kept(logits, keep[..., None])
+        m, log_s, alpha = _kept(m, keep), _kept(log_s, keep), _kept(alpha, keep)
+        if total is not None:
+            total = _kept(total, keep)
+        if label_half is not None:
+            label_half = _kept(label_half, keep)
+        if d_smoothing_rows is not None:
+            d_smoothing_rows = _kept(d_smoothing_rows, keep)
     g = _total_cotangent(g, logits, axis_name)
     dtype = _validate.compute_dtype(logits.dtype)
     x = _lm_head.transform(logits.astype(dtype), head)
@@ -254,17 +264,16 @@ def _sharded_integer_ce_bwd(
     z = _lm_head.z_coefficient(head, m, log_s)
     if z is not None:
         coefficient = coefficient + z
-    d_logits = _times((g * coefficient)[..., None], p)
+    d_logits = (g * coefficient)[..., None] * p
     if smoothing is not None:
         assert count is not None  # kept by the forward pass with smoothing
         smooth = _shard_smoothing(masked > -jnp.inf, count, class_weights, smoothing, dtype)
-        d_logits = d_logits - _times(g[..., None], smooth)
+        d_logits = d_logits - g[..., None] * smooth
     hit = jax.lax.broadcasted_iota(local.dtype, x.shape, x.ndim - 1) == local[..., None]
-    d_logits = d_logits - jnp.where(hit, _times(g, alpha)[..., None], 0)
-    # A row with an out-of-range label has a NaN loss, and a NaN gradient where its
-    # cotangent is not 0.
-    flagged = ~in_range & (g != 0)
-    d_logits = jnp.where(flagged[..., None], jnp.nan, d_logits)
+    d_logits = d_logits - jnp.where(hit, (g * alpha)[..., None], 0)
+    # A row with an out-of-range label has a NaN loss and gradient (a product: linear
+    # in the cotangent).
+    d_logits = d_logits * jnp.where(in_range, 1, jnp.nan).astype(dtype)[..., None]
     sums, share = _replicated_share(
         _lm_head.option_sums(head, d_logits, x, logits.astype(dtype), m[..., None]), logits,
         axis_name)
@@ -274,20 +283,21 @@ def _sharded_integer_ce_bwd(
     d_smoothing = None
     if smoothing is not None:
         assert d_smoothing_rows is not None
-        d_smoothing = (share * jnp.sum(_times(g, d_smoothing_rows))).astype(smoothing.dtype)
+        d_smoothing = (share * jnp.sum(g * d_smoothing_rows)).astype(smoothing.dtype)
     d_weights = None
     if class_weights is not None:
         assert label_half is not None  # kept by the forward pass with class weights
-        keep = 1.0 if smoothing is None else 1 - smoothing
-        per_class = jnp.where(hit, _times(g, keep * label_half)[..., None], 0)
+        kept_share = 1.0 if smoothing is None else 1 - smoothing
+        per_class = jnp.where(hit, (g * (kept_share * label_half))[..., None], 0)
         if smoothing is not None:
             assert count is not None
             uniform = _shard_smoothing(masked > -jnp.inf, count, None, smoothing, dtype)
             half = _softmax.neg_log_probabilities(x, m[..., None], log_s[..., None],
                                                   scale=0.5, beta=beta)
-            per_class = per_class + _times(g[..., None], _times(uniform, half))
+            per_class = per_class + g[..., None] * _times(uniform, half)
         d_weights = 2 * jnp.sum(per_class.reshape(-1, x.shape[-1]), axis=0)
-    return d_logits.astype(logits.dtype), None, d_weights, None, d_smoothing, d_head
+    return (d_logits.astype(logits.dtype), None, d_weights, None, None, d_smoothing,
+            d_head)
 
 
 _sharded_integer_ce.defvjp(_sharded_integer_ce_fwd, _sharded_integer_ce_bwd)
@@ -356,7 +366,7 @@ def _vocab_parallel_integer_ce(
         keep = ~ignored if keep is None else keep & ~ignored
         # A safe label on ignored rows keeps their (masked) gradient free of NaN.
         labels = jnp.where(ignored, 0, labels)
-    out = _sharded_integer_ce(logits, labels, class_weights, valid, smoothing, head,
+    out = _sharded_integer_ce(logits, labels, class_weights, valid, keep, smoothing, head,
                               axis_name, with_stats)
     losses, stats = (out[0], out[1:]) if with_stats else (out, None)
     denominator = None
@@ -555,7 +565,7 @@ _LinearCEResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array,
                            jax.Array | None, jax.Array | None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+@_rules.rule(nondiff_argnums=(6, 7, 8, 9, 10))
 def _linear_ce(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
     smoothing: jax.Array | None, head: _lm_head.Head | None, vocab: int, chunk: int,
@@ -590,7 +600,7 @@ _ChunkGrad = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.A
 
 def _backward(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
-    m: jax.Array, log_s: jax.Array, rows_on: jax.Array, vocab: int, chunk: int,
+    m: jax.Array, log_s: jax.Array, vocab: int, chunk: int,
     axis_name: AxisName | None, precision: _validate.Precision,
     head: _lm_head.Head | None, chunk_grad: _ChunkGrad, like: tuple[jax.Array, ...],
 ) -> tuple[jax.Array, jax.Array, jax.Array | None,
@@ -605,14 +615,15 @@ def _backward(
     :math:`\partial b_k = \sum_n G_{n\cdot}`. With ``axis_name`` the chunks are this
     device's columns and :math:`\partial H` is this device's share, which the transpose
     of :func:`_vary_together` (or shard_map's, under ``check_vma=False``) sums. Rows
-    where ``rows_on`` is False (every cotangent 0: masked, ignored) reach no gradient,
-    even where their hidden state is NaN or inf. Also the sums over the chunks of
+    left out (masked, ignored) come as zeros (:func:`jaxloss._math.kept`), so that
+    their gradient is 0 whatever they held. The step is checkpointed: transposed for
+    forward mode (:mod:`jaxloss._rules`) it recomputes its chunk rather than stacking
+    the chunks' intermediates, [N, V] in all. Also the sums over the chunks of
     :func:`jaxloss._lm_head.option_sums` (the temperature's and the softcap's
     gradients; None where off)."""
     dtype = log_s.dtype
     operand = jnp.promote_types(hidden.dtype, weight.dtype)
     local, _, _ = _shard_labels(labels, vocab, axis_name)
-    hidden_kept = jnp.where(rows_on[:, None], hidden, 0)
     # The weight's gradient sums every device's rows: replicated on an Explicit mesh.
     summed = replicated_sharding(hidden, labels)
     transform = _lm_head.transforms(head)
@@ -637,7 +648,7 @@ def _backward(
         grad = grad.astype(operand)
         d_hidden = d_hidden + jnp.matmul(grad, w.T, precision=precision,
                                          preferred_element_type=dtype)
-        d_w = jnp.matmul(hidden_kept.T, grad, precision=precision,
+        d_w = jnp.matmul(hidden.T, grad, precision=precision,
                          preferred_element_type=dtype, out_sharding=summed)
         old = jax.lax.dynamic_slice_in_dim(d_weight, begin, chunk, axis=1)
         d_weight = jax.lax.dynamic_update_slice_in_dim(
@@ -659,7 +670,8 @@ def _backward(
         sums[0], sums[1])
     init = _vary_together(init, hidden, weight, bias, labels, *like, log_s)
     starts = _chunk_starts(vocab, chunk, labels.dtype)
-    (d_hidden, d_weight, d_bias, t_sum, c_sum), _outputs = jax.lax.scan(step, init, starts)
+    (d_hidden, d_weight, d_bias, t_sum, c_sum), _outputs = jax.lax.scan(
+        jax.checkpoint(step, prevent_cse=False), init, starts)
     return d_hidden.astype(hidden.dtype), d_weight, d_bias, (t_sum, c_sum)
 
 
@@ -683,9 +695,9 @@ def _linear_ce_bwd(
         g = _total_cotangent(g, weight, axis_name)
     dtype = log_s.dtype
     _, _, in_range = _shard_labels(labels, vocab, axis_name)
-    # A row with an out-of-range label has a NaN loss, and a NaN gradient where its
-    # cotangent is not 0 (as classification's integer cross-entropy).
-    g = jnp.where(~in_range & (g != 0), jnp.nan, g.astype(dtype))
+    # A row with an out-of-range label has a NaN loss and gradient (a product: linear
+    # in the cotangent).
+    g = g.astype(dtype) * jnp.where(in_range, 1, jnp.nan).astype(dtype)
     z = _lm_head.z_coefficient(head, m, log_s)
     total = None if z is None else 1 + z
     uniform = None
@@ -706,11 +718,11 @@ def _linear_ce_bwd(
             grad = p * total[:, None] - onehot
         else:
             grad = p - onehot
-        return _times(g[:, None], grad)
+        return g[:, None] * grad
 
     d_hidden, d_weight, d_bias, sums = _backward(
-        hidden, weight, bias, labels, m, log_s, g != 0, vocab, chunk, axis_name, precision,
-        head, chunk_grad, (g,))
+        hidden, weight, bias, labels, m, log_s, vocab, chunk, axis_name, precision, head,
+        chunk_grad, (g,))
     share = 1.0
     if axis_name is not None:
         sums, share = _replicated_share(sums, weight, axis_name)
@@ -718,7 +730,7 @@ def _linear_ce_bwd(
     d_smoothing = None
     if smoothing is not None:
         assert d_smoothing_rows is not None
-        d_smoothing = (share * jnp.sum(_times(g, d_smoothing_rows))).astype(smoothing.dtype)
+        d_smoothing = (share * jnp.sum(g * d_smoothing_rows)).astype(smoothing.dtype)
     return d_hidden, d_weight, d_bias, None, d_smoothing, d_head
 
 
@@ -835,8 +847,9 @@ def linear_softmax_cross_entropy(
     (``preferred_element_type``) and the loss is computed in float32; the gradients
     come back in the input dtypes. A label outside ``[0, V)`` (other than
     ``ignore_index``) gives NaN: wrap in :func:`jaxloss.checked` to raise instead.
-    ``jax.jvp`` does not go through a ``custom_vjp``; reverse mode (``jax.grad``,
-    ``jax.jacrev`` of it) does.
+    Every mode of differentiation works, forward (``jax.jvp``, ``jax.jacfwd``) from
+    the same chunked rule transposed (:mod:`jaxloss._rules`), without an ``[N, V]``
+    intermediate; also with ``reduction="none"``: a tangent is one number per row.
 
     **Vocabulary parallelism** (Megatron-style; ``axis_name``). Inside
     ``jax.shard_map``, with the vocabulary split over the mesh axis ``axis_name`` of
@@ -984,6 +997,8 @@ def linear_softmax_cross_entropy(
     # Replicated over ``axis_name`` like the labels (:func:`_replicated_share`).
     _, smoothing, head = _lm_head.match_varying_with_head(head, labels, smoothing)
     precision = _validate.precision("precision", precision)
+    if keep is not None:  # a row left out reaches no gradient (:func:`jaxloss._math.kept`)
+        hidden = _kept(hidden, keep[:, None])
     out = _linear_ce(hidden, weight, bias, labels, smoothing, head, vocab, chunk, axis_name,
                      precision, return_aux)
     losses = out[0] if return_aux else out
@@ -1004,7 +1019,7 @@ _LogProbsResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array,
                            _lm_head.Head | None, jax.Array, jax.Array, jax.Array]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@_rules.rule(nondiff_argnums=(5, 6, 7))
 def _log_probs(
     hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, labels: jax.Array,
     head: _lm_head.Head | None, vocab: int, chunk: int, precision: _validate.Precision,
@@ -1040,7 +1055,7 @@ def _log_probs_bwd(
     hidden, weight, bias, labels, head, m, log_s, entropy = residuals
     dtype = log_s.dtype
     _, _, in_range = _shard_labels(labels, vocab, None)
-    g_log_p = jnp.where(~in_range & (g_log_p != 0), jnp.nan, g_log_p.astype(dtype))
+    g_log_p = g_log_p.astype(dtype) * jnp.where(in_range, 1, jnp.nan).astype(dtype)
     g_entropy = g_entropy.astype(dtype)
 
     def chunk_grad(x: jax.Array, p: jax.Array, onehot: jax.Array,
@@ -1053,12 +1068,10 @@ def _log_probs_bwd(
                                                   m[:, None], log_s[:, None], recomputed=True,
                                                   beta=_lm_head.beta(head))
         spread = _times(p, jnp.where(exists, surprise, 0) - entropy[:, None])
-        return (_times(g_log_p[:, None], onehot - p)
-                + _times(g_entropy[:, None], spread))
+        return g_log_p[:, None] * (onehot - p) + g_entropy[:, None] * spread
 
-    rows_on = (g_log_p != 0) | (g_entropy != 0)
     d_hidden, d_weight, d_bias, sums = _backward(
-        hidden, weight, bias, labels, m, log_s, rows_on, vocab, chunk, None, precision, head,
+        hidden, weight, bias, labels, m, log_s, vocab, chunk, None, precision, head,
         chunk_grad, (g_log_p, g_entropy))
     # The gradient of either output sums to 0 over a row: no per-row term.
     d_head = _lm_head.head_cotangent(head, sums, m, log_s, jnp.zeros_like(m))
@@ -1177,6 +1190,8 @@ def linear_log_probs(
     index = jnp.int64 if jnp.dtype(dtype).itemsize > 4 else jnp.int32
     labels = jnp.where((labels >= 0) & (labels < vocab), labels, -1).astype(index)
     precision = _validate.precision("precision", precision)
+    if ignored is not None:  # no gradient to an ignored row (:func:`jaxloss._math.kept`)
+        hidden = _kept(hidden, ~ignored[:, None])
     log_p, entropy = _log_probs(hidden, weight, bias, labels, head, vocab, chunk, precision)
     if ignored is not None:
         # The select's transpose hands these rows a zero cotangent: no gradient.

@@ -10,9 +10,9 @@ the values equal optax's. ``log_epsilon=-inf`` gives the exact CTC of PyTorch's
 ``ctc_loss`` (``inf`` for such a sequence), and ``zero_infinity=True`` gives such a
 sequence loss 0 and gradient 0, as PyTorch's option.
 
-:func:`ctc_loss` has a ``jax.custom_vjp`` whose backward pass is the forward-backward
-(alpha-beta) recursion in log space, not autodiff through the scan: its residuals are
-the forward variables, :math:`O(T B (2N+1))`, and the log-probabilities.
+:func:`ctc_loss` has a custom rule (:mod:`jaxloss._rules`) whose backward pass is the
+forward-backward (alpha-beta) recursion in log space, not autodiff through the scan: its
+residuals are the forward variables, :math:`O(T B (2N+1))`, and the log-probabilities.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxloss import _math, _validate
+from jaxloss import _rules, _validate
 from jaxloss._reduce import Reduction, weighted_reduce
 
 __all__ = [
@@ -243,7 +243,7 @@ _CTCResiduals = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax
                       jax.Array, jax.Array]
 
 
-@jax.custom_vjp
+@_rules.rule()
 def _ctc(
     logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
     lengths: jax.Array, eps: jax.Array,
@@ -298,7 +298,7 @@ def _ctc_bwd(
     total = jnp.sum(e, axis=2, keepdims=True)
     keep = (total > 0) & ~pad[:, :, None]
     posterior = e * jnp.where(keep, 1 / jnp.where(keep, total, 1), 0)
-    posterior = -_math.times(g[None, :, None], posterior)
+    posterior = -g[None, :, None] * posterior
     # Back to the classes: the blanks' sum into the blank's column, and the labels' by a
     # product with their one-hot rows (exact: one nonzero term per label; the
     # posteriors are finite).
@@ -400,12 +400,13 @@ def ctc_loss(
     1 (optax's loss is then about -1e-26, its issue #1771), or optax's lattice sums past
     1 (a label equal to ``blank_id`` counts some alignments twice; optax's loss is then
     negative), the value is 0 and the gradient still the one above. The
-    backward pass (a ``jax.custom_vjp``) computes it so, in log space, from the forward
-    variables it kept (shifted per frame, so float32 keeps their differences over
-    hundreds of frames); it is written in differentiable operations, so ``jax.hessian``
-    and reverse-over-reverse work; ``jax.jvp`` does not (a custom_vjp has no forward
-    mode). In float32 a sequence that cannot fit has a loss near :math:`-\log\epsilon`
-    = 1e5, known to float32's absolute precision there (about 0.01), as optax's.
+    backward pass (a custom rule, :mod:`jaxloss._rules`) computes it so, in log space,
+    from the forward variables it kept (shifted per frame, so float32 keeps their
+    differences over hundreds of frames); it is written in differentiable operations,
+    so every mode works: ``jax.jvp`` and ``jax.jacfwd`` (the rule transposed),
+    ``jax.hessian`` and reverse over reverse. In float32 a sequence that cannot fit has
+    a loss near :math:`-\log\epsilon` = 1e5, known to float32's absolute precision
+    there (about 0.01), as optax's.
 
     Args:
       logits: ``[B, T, K]`` unnormalized log-probabilities of the classes, the blank

@@ -19,6 +19,7 @@ options; ``jaxloss check`` prints the result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "Extreme",
     "assert_finite_differences",
     "assert_grads_finite",
+    "assert_jvp_matches_reference",
     "assert_matches_float64",
     "assert_vjp_matches_reference",
     "builtin_cases",
@@ -98,6 +100,12 @@ def _cotangent(out: jax.Array, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
 
 
+def _tangents(primals: Sequence[jax.Array], seed: int) -> list[np.ndarray]:
+    """Random tangents, one per primal, in its dtype."""
+    rng = np.random.default_rng(seed + 1)
+    return [rng.standard_normal(np.shape(p)).astype(np.asarray(p).dtype) for p in primals]
+
+
 def _assert_within(got: Any, want: Any, bound: Any, what: str) -> None:
     """``|got - want| <= bound`` entry by entry (equal infinities too); NaN never is."""
     got = np.asarray(got).astype(np.float64)
@@ -115,7 +123,7 @@ def _assert_within(got: Any, want: Any, bound: Any, what: str) -> None:
 def _compare_with_reference(
     loss: Loss, reference: Loss, args: Sequence[Any], kwargs: dict[str, Any],
     argnums: int | Sequence[int], diff_kwargs: Sequence[str], rtol: float, atol: float,
-    seed: int,
+    seed: int, forward: bool = True,
 ) -> float:
     names = _arg_names(loss, argnums, diff_kwargs)
     with jax.enable_x64(True):
@@ -134,7 +142,30 @@ def _compare_with_reference(
         _assert_within(g, r, atol + rtol * np.abs(r), f"gradient of {name}")
         errors.append(float(np.max(np.abs(np.asarray(g) - r), initial=0.0)
                             / max(float(np.max(np.abs(r), initial=0.0)), 1e-300)))
+    if forward:
+        _compare_forward_with_reference(loss, reference, args, kwargs, argnums, diff_kwargs,
+                                        rtol, atol, seed)
     return max(errors)
+
+
+def _compare_forward_with_reference(
+    loss: Loss, reference: Loss, args: Sequence[Any], kwargs: dict[str, Any],
+    argnums: int | Sequence[int], diff_kwargs: Sequence[str], rtol: float, atol: float,
+    seed: int,
+) -> None:
+    """Forward mode in float64 along random tangents (the same rule, transposed:
+    :mod:`jaxloss._rules`) against the reference's own ``jax.jvp``. The bound is
+    relative to the tangent's largest entry: an entry may cancel to near 0."""
+    with jax.enable_x64(True):
+        bind, primals = _bind(tuple(_to_float64(a) for a in args),
+                              {k: _to_float64(v) for k, v in kwargs.items()}, argnums,
+                              diff_kwargs)
+        tangents = tuple(jnp.asarray(t) for t in _tangents(primals, seed))
+        t_out = np.asarray(jax.jvp(bind(loss), tuple(primals), tangents)[1])
+        ref_t = np.asarray(jax.jvp(jax.jit(bind(reference)), tuple(primals), tangents)[1])
+    scale = np.max(np.abs(ref_t), initial=0.0)
+    _assert_within(t_out, ref_t, atol + rtol * (np.abs(ref_t) + scale),
+                   "forward-mode tangent (jax.jvp)")
 
 
 def assert_vjp_matches_reference(
@@ -155,24 +186,45 @@ def assert_vjp_matches_reference(
     arguments ``argnums`` and the keyword arguments ``diff_kwargs``. Floating
     arguments are cast to float64; ``reference`` should be the plain textbook formula,
     differentiated by ``jax.vjp``. Each entry must satisfy
-    ``|g - g_ref| <= atol + rtol |g_ref|``.
+    ``|g - g_ref| <= atol + rtol |g_ref|``. Reverse mode only (a ``jax.custom_vjp`` of
+    your own passes); :func:`assert_jvp_matches_reference` checks forward mode.
 
     Returns:
       The largest relative error, ``max|g - g_ref| / max|g_ref|`` over the arguments.
     """
     return _compare_with_reference(loss, reference, args, kwargs, argnums, diff_kwargs, rtol,
-                                   atol, seed)
+                                   atol, seed, forward=False)
+
+
+def assert_jvp_matches_reference(
+    loss: Loss,
+    reference: Loss,
+    *args: Any,
+    argnums: int | Sequence[int] = 0,
+    diff_kwargs: Sequence[str] = (),
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+    seed: int = 0,
+    **kwargs: Any,
+) -> None:
+    """Asserts that ``jax.jvp`` of ``loss`` equals that of ``reference`` in float64,
+    along random tangents of the positional arguments ``argnums`` and the keyword
+    arguments ``diff_kwargs``: each entry within ``atol + rtol (|t_ref| + max|t_ref|)``
+    (a tangent may cancel to near 0 in one entry)."""
+    _compare_forward_with_reference(loss, reference, args, kwargs, argnums, diff_kwargs,
+                                    rtol, atol, seed)
 
 
 def _finite_differences(
     loss: Loss, args: Sequence[Any], kwargs: dict[str, Any], argnums: int | Sequence[int],
     diff_kwargs: Sequence[str], order: int, eps: float, atol: float, rtol: float,
+    modes: Sequence[str] = ("fwd", "rev"),
 ) -> None:
     with jax.enable_x64(True):
         args64 = tuple(_to_float64(a) for a in args)
         kwargs64 = {k: _to_float64(v) for k, v in kwargs.items()}
         bind, primals = _bind(args64, kwargs64, argnums, diff_kwargs)
-        check_grads(bind(loss), tuple(primals), order=order, modes=["rev"],
+        check_grads(bind(loss), tuple(primals), order=order, modes=list(modes),
                     eps=eps, atol=atol, rtol=rtol)
 
 
@@ -185,15 +237,17 @@ def assert_finite_differences(
     eps: float = 1e-6,
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    modes: Sequence[str] = ("fwd", "rev"),
     **kwargs: Any,
 ) -> None:
-    """``jax.test_util.check_grads(..., order, modes=["rev"])`` in float64, with respect
-    to the positional arguments ``argnums`` and the keyword arguments ``diff_kwargs``.
-
-    Reverse mode only: ``jax.jvp`` does not go through a ``jax.custom_vjp``. Order 2
-    checks the backward pass's own derivative (``jax.hessian`` relies on it).
+    """``jax.test_util.check_grads(..., order, modes)`` in float64, with respect to the
+    positional arguments ``argnums`` and the keyword arguments ``diff_kwargs``. Order 2
+    checks the rule's own derivative (``jax.hessian`` relies on it), by default in both
+    modes; ``modes=("rev",)`` for a loss of your own that is a ``jax.custom_vjp``
+    (which JAX cannot differentiate in forward mode).
     """
-    _finite_differences(loss, args, kwargs, argnums, diff_kwargs, order, eps, atol, rtol)
+    _finite_differences(loss, args, kwargs, argnums, diff_kwargs, order, eps, atol, rtol,
+                        modes)
 
 
 def assert_grads_finite(
@@ -251,6 +305,7 @@ def _compare_at_extreme(
     loss: Loss, reference: Loss, args: Sequence[Any], kwargs: dict[str, Any],
     argnums: int | Sequence[int], diff_kwargs: Sequence[str],
     expected: tuple[Any, Sequence[Any]] | None, rtol: float | None, seed: int,
+    forward: bool = True,
 ) -> None:
     names = _arg_names(loss, argnums, diff_kwargs)
     args = tuple(_canonical(a) for a in args)
@@ -278,6 +333,46 @@ def _compare_at_extreme(
     _assert_close(out, want, rtol or _rtol(out.dtype), gradient=False, what="value")
     for name, g, w in zip(names, grads, want_grads, strict=True):
         _assert_close(g, w, rtol or _rtol(g.dtype), gradient=True, what=f"gradient of {name}")
+    if forward:
+        _assert_forward_is_transpose(bind(loss), primals, names, cotangent, grads, seed, rtol)
+
+
+def _assert_forward_is_transpose(
+    f: Callable[..., jax.Array], primals: Sequence[jax.Array], names: Sequence[str],
+    cotangent: np.ndarray, grads: Sequence[Any], seed: int, rtol: float | None,
+) -> None:
+    r"""Forward mode at the inputs' own dtypes, by the dot-product test against the
+    gradients just checked: :math:`\langle c, J_i t_i\rangle = \langle J_i^\top c,
+    t_i\rangle` for a random tangent :math:`t_i` of each argument :math:`i` (to
+    ``rtol`` of the sum of the terms' magnitudes; an infinite or NaN tangent where the
+    gradient is finite fails). One argument at a time, as the gradients are compared: at
+    logits of 1e30 the tangents of the hidden states and of the weight meet in one
+    tangent of the logits, where the smaller is below the larger's precision (in any
+    forward mode). An argument whose gradient is not finite is left out: a generic
+    tangent's image is then inf or NaN."""
+    tangents = _tangents(primals, seed)
+    moving = [i for i, g in enumerate(grads) if np.all(np.isfinite(np.asarray(g, np.float64)))]
+
+    def along(ps: Sequence[jax.Array], i: int, x: jax.Array) -> jax.Array:
+        return f(*ps[:i], x, *ps[i + 1:])
+
+    # One compilation; the primals are its arguments, traced as in jax.vjp (a concrete
+    # one would meet a loss's checks of concrete values).
+    @jax.jit
+    def forward(ps: list[jax.Array], ts: list[jax.Array]) -> list[jax.Array]:
+        return [jax.jvp(functools.partial(along, ps, i), (ps[i],), (t,))[1]
+                for i, t in zip(moving, ts, strict=True)]
+
+    c = np.asarray(cotangent, np.float64)
+    t_outs = forward(list(primals), [jnp.asarray(tangents[i]) for i in moving])
+    for i, t_out in zip(moving, t_outs, strict=True):
+        terms = np.asarray(grads[i], np.float64) * np.asarray(tangents[i], np.float64)
+        products = c * np.asarray(t_out, np.float64)
+        lhs, rhs = np.sum(products), np.sum(terms)
+        scale = np.sum(np.abs(products)) + np.sum(np.abs(terms))
+        tol = rtol or _rtol(np.asarray(grads[i]).dtype)
+        _assert_within(lhs, rhs, tol * scale + 1e-30,
+                       f"forward mode in {names[i]}: <c, J t> against <J^T c, t>")
 
 
 def assert_matches_float64(
@@ -289,6 +384,7 @@ def assert_matches_float64(
     expected: tuple[Any, Sequence[Any]] | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    forward: bool = True,
     **kwargs: Any,
 ) -> None:
     """Asserts that the loss's value and gradient at ``args`` *in their own dtypes*
@@ -303,10 +399,12 @@ def assert_matches_float64(
     those and then ``diff_kwargs``). The tolerance is relative, per dtype of each
     output (``rtol``: 1e-5 for float32, 1e-2 for bf16 and fp16), scaled for a gradient
     to its row's largest entry; NaN is never close, and a result beyond the dtype's
-    range must be +-inf.
+    range must be +-inf. With ``forward`` (default) also forward mode there, argument by
+    argument, by the dot-product test against the gradient just checked; False for a
+    ``jax.custom_vjp`` of your own.
     """
     _compare_at_extreme(loss, reference, args, kwargs, argnums, diff_kwargs, expected, rtol,
-                        seed)
+                        seed, forward)
 
 
 # ---------------------------------------------------------------------------------

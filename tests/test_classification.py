@@ -568,9 +568,20 @@ def test_hessian(x64):
     chex.assert_trees_all_close(h, jax.hessian(lambda p: ref_bce(p, y).sum())(p), rtol=1e-9)
 
 
-def test_forward_mode_is_not_supported_through_custom_vjp():
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda x: ice(x, LABELS), (LOGITS,), (LOGITS,))
+def test_forward_mode_leaves_masked_rows_untouched():
+    # The rule is linear in the cotangent (jaxloss._rules): a row left out reaches no
+    # tangent and no gradient even where it holds NaN, in both modes.
+    bad = LOGITS.copy()
+    bad[1] = np.nan
+    labels = np.where(np.arange(N) == 1, -100, LABELS)
+    tangent = np.random.default_rng(1).standard_normal(bad.shape).astype(np.float32)
+    for reduction in ("none", "mean"):
+        f = functools.partial(ice, labels=labels, label_smoothing=0.1, reduction=reduction)
+        out, t_out = jax.jvp(f, (bad,), (tangent,))
+        chex.assert_tree_all_finite((out, t_out))
+        grad = jax.grad(lambda x, f=f: jnp.sum(f(x)))(bad)
+        np.testing.assert_array_equal(np.asarray(grad)[1], 0.0)
+        np.testing.assert_allclose(np.sum(t_out), np.vdot(grad, tangent), rtol=1e-5)
 
 
 class VariantsTest(chex.TestCase):

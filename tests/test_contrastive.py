@@ -808,11 +808,16 @@ def test_info_nce_hessian(x64):
     chex.assert_trees_all_close(h, h_ref, rtol=1e-9, atol=1e-12)
 
 
-def test_forward_mode_is_not_supported_through_custom_vjp():
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda q: info_nce(q, K), (Q,), (Q,))
-    with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda a: distance(a, EB), (EA,), (EA,))
+def test_forward_mode_keeps_the_subgradient_and_the_chunks():
+    # jvp at a == b: the distance's rule gives PyTorch's subgradient 0 in forward mode
+    # too (plain autodiff of the norm would give NaN).
+    t_out = jax.jvp(lambda a: distance(a, EA), (EA,), (EB,))[1]
+    np.testing.assert_array_equal(t_out, 0.0)
+    # The chunked symmetric InfoNCE in forward mode equals its unchunked form.
+    def f(chunk):
+        return lambda q: info_nce(q, K, symmetric=True, chunk_size=chunk, precision=HIGHEST)
+    want = jax.jvp(f(None), (Q,), (K,))[1]
+    np.testing.assert_allclose(jax.jvp(f(3), (Q,), (K,))[1], want, rtol=1e-5, atol=2e-5)
 
 
 class VariantsTest(chex.TestCase):

@@ -7,8 +7,7 @@ to optax's own for the helpers jaxloss does not have), and every test runs as on
 pytest item. The tests where jaxloss differs on purpose are listed in
 :data:`DEVIATIONS` with the reason; they must fail (strict), so that a listed
 difference that disappears is noticed. docs/index.md ("Differences from optax") says
-the same. The tests that fail for work not done yet are in :data:`PENDING`, strict
-xfails, so that they fail once the work lands and must be taken off the list.
+the same.
 """
 
 import importlib.util
@@ -31,16 +30,6 @@ LOSSES = pathlib.Path(optax.losses.__file__).parent
 
 # optax's test id -> why jaxloss gives another result, and what it gives.
 DEVIATIONS: dict[str, str] = {}
-
-_FORWARD_MODE = ("forward-mode differentiation of the custom_vjp losses: issue 22 point 3, "
-                 "not done yet")
-# optax's test id -> the work not done yet that it waits for (a strict xfail).
-PENDING: dict[str, str] = {
-    "_classification_test::SafeSoftmaxCrossEntropyTest.test_gradient": _FORWARD_MODE,
-    "_classification_test::SoftmaxCrossEntropyTest.test_gradient": _FORWARD_MODE,
-    "_classification_test::SoftmaxCrossEntropyWithIntegerLabelsTest.test_gradient":
-        _FORWARD_MODE,
-}
 
 
 class _Jaxloss(types.ModuleType):
@@ -103,8 +92,6 @@ def test_the_suite_is_there():
     """optax 0.2.8 ships 178 loss tests; a much smaller count means the loading broke."""
     assert len(CASES) > 150, len(CASES)
     assert set(DEVIATIONS) <= set(CASES), set(DEVIATIONS) - set(CASES)
-    assert set(PENDING) <= set(CASES), set(PENDING) - set(CASES)
-    assert not set(PENDING) & set(DEVIATIONS)
     assert len(set(map(_readable, CASES))) == len(CASES)
 
 
@@ -114,9 +101,7 @@ def _readable(test_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:\[\]-]+", "_", test_id).rstrip("_")
 
 
-@pytest.mark.parametrize("test_id", [
-    pytest.param(test_id, marks=pytest.mark.xfail(strict=True, reason=PENDING[test_id]))
-    if test_id in PENDING else test_id for test_id in CASES], ids=_readable)
+@pytest.mark.parametrize("test_id", list(CASES), ids=_readable)
 def test_optax(test_id):
     result = unittest.TestResult()
     with warnings.catch_warnings():

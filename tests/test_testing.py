@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxloss
-from jaxloss import classification, cli, contrastive, large_vocab
+from jaxloss import classification, cli, contrastive, large_vocab, testing
 from jaxloss.testing import (
     CheckCase,
     Extreme,
@@ -75,15 +75,39 @@ def test_helpers_differentiate_keyword_arguments():
     with pytest.raises(AssertionError, match="gradient of w"):
         assert_vjp_matches_reference(wrong, ref, X, w=np.asarray(0.5), diff_kwargs=("w",))
     with pytest.raises(AssertionError):
-        assert_finite_differences(wrong, X, w=np.asarray(0.5), diff_kwargs=("w",), order=1)
+        assert_finite_differences(wrong, X, w=np.asarray(0.5), diff_kwargs=("w",), order=1,
+                                  modes=("rev",))
     assert_vjp_matches_reference(_scaled_loss(1.0), ref, X, w=np.asarray(0.5),
                                  diff_kwargs=("w",))
 
 
 def test_finite_differences_catch_a_wrong_rule():
-    assert_finite_differences(_squared_with_vjp(1.0), X)
+    # A jax.custom_vjp of one's own has no forward mode: reverse mode only, as the docs say.
+    assert_finite_differences(_squared_with_vjp(1.0), X, modes=("rev",))
     with pytest.raises(AssertionError):
-        assert_finite_differences(_squared_with_vjp(1.01), X)
+        assert_finite_differences(_squared_with_vjp(1.01), X, modes=("rev",))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        assert_finite_differences(_squared_with_vjp(1.0), X)
+
+
+def _squared_with_jvp(scale):
+    """x**2 whose tangent is `scale` times the true one."""
+
+    @jax.custom_jvp
+    def f(x):
+        return x**2
+
+    f.defjvp(lambda primals, tangents: (primals[0] ** 2, scale * 2 * primals[0] * tangents[0]))
+    return f
+
+
+def test_forward_mode_helpers_catch_a_wrong_tangent():
+    assert_finite_differences(_squared_with_jvp(1.0), X)
+    testing.assert_jvp_matches_reference(_squared_with_jvp(1.0), reference, X)
+    with pytest.raises(AssertionError, match="forward-mode tangent"):
+        testing.assert_jvp_matches_reference(_squared_with_jvp(1.001), reference, X)
+    with pytest.raises(AssertionError):
+        assert_finite_differences(_squared_with_jvp(1.01), X, modes=("fwd",), order=1)
 
 
 def test_grads_finite_catches_the_naive_norm_at_zero():
@@ -404,3 +428,16 @@ def test_check_reports_a_planted_wrong_rule(fault):
             assert not result.extremes
         else:
             assert not result.matches_reference, result.error
+
+
+@pytest.mark.parametrize("fault", [f for f in FAULTS if not f.at_extremes_only],
+                         ids=lambda f: f.name)
+def test_forward_mode_carries_the_planted_fault(fault):
+    # Forward mode transposes the same backward pass: the fault shows in jax.jvp too,
+    # and the check's forward-mode comparison alone reports it.
+    case = {case.name: case for case in builtin_cases()}[fault.caught_by[0]]
+    with planted(fault.rule, fault.wrong), pytest.raises(AssertionError,
+                                                          match="forward-mode tangent"):
+        testing._compare_forward_with_reference(
+            case.loss, case.reference, case.args, case.kwargs, case.argnums,
+            case.diff_kwargs, rtol=1e-7, atol=1e-10, seed=0)
