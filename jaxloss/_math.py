@@ -1,6 +1,8 @@
 """Arithmetic with PyTorch's conventions at the points where the textbook form is 0 * inf
 or 0 / 0: the masked or undefined term is exactly 0, with a zero gradient."""
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +26,25 @@ def _times_jvp(primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, 
     absent = c == 0
     factor = jnp.where(absent & ~jnp.isfinite(v), 0, v)
     return times(c, v), dc * factor + jnp.where(absent, 0, c * dv)
+
+
+def unless_nonfinite(fast: jax.Array, exact: Callable[[], jax.Array]) -> jax.Array:
+    """``fast``, or ``exact()`` where an entry of ``fast`` is not finite; ``exact`` runs
+    only when one is (a value: for the primal of a custom rule).
+
+    For sums of products that must give 0 * inf = 0 (:func:`times`) or keep a product
+    that overflows apart from the sum: a select per entry is not fused into a reduction
+    on XLA's CPU (the products are written to memory first; 2.3x the time of the plain
+    sum of products at [4096, 1024]), nor is a min or max. So the plain sum comes first,
+    and only if some row of it is NaN or infinite are the rows formed again with the
+    care they need. ``exact`` should form its inputs again from the arguments, so that
+    neither they nor what they are made of (a softmax's normalizer) are kept in memory
+    for it: a value with a second user is not fused into the reduction that forms it."""
+    # One max of the rows: NaN or inf if any row is (and cheaper than any(...)).
+    top = jnp.max(fast)
+    out: jax.Array = jax.lax.cond(
+        jnp.isfinite(top), lambda: fast, lambda: jnp.where(jnp.isfinite(fast), fast, exact()))
+    return out
 
 
 def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:

@@ -44,7 +44,8 @@ def normalizer(
 ) -> tuple[jax.Array, jax.Array]:
     r"""``(m, log s)`` of ``x`` along ``axis`` (kept as a size-1 axis), in ``dtype``.
 
-    ``m`` is the max (0 for a row of ``-inf``; no gradient), ``log s`` is
+    ``m`` is the max (finite for a row of ``-inf``: the lowest float, or 0 with
+    ``block``; no gradient), ``log s`` is
     :math:`\log \sum e^{x - m}` (:math:`\ge 0`, ``-inf`` for a row of ``-inf``). The max
     is taken in ``x``'s own dtype (exact) so that the only conversion is inside the sum,
     where XLA fuses it instead of copying ``x``. With ``block`` (a divisor of the last
@@ -59,8 +60,7 @@ def normalizer(
     apart (or fuse one into a multiply-add), and at the max, at 1e30, be 1e22 instead
     of 0."""
     if block is None:
-        m = jnp.max(x, axis=axis, keepdims=True).astype(dtype)
-        m = jax.lax.stop_gradient(finite_shift(m))
+        m = jax.lax.stop_gradient(_shift_max(x, axis).astype(dtype))
         log_s = jnp.log(jnp.sum(jnp.exp(_scaled(x.astype(dtype) - m, beta)), axis=axis,
                                 keepdims=True))
         return m, log_s
@@ -72,6 +72,14 @@ def normalizer(
     # An empty block has block_sum 0 and scale exp(-inf) = 0: no 0 * inf.
     scale = jnp.exp(_scaled(block_max - m, beta))
     return m, jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
+
+
+def _shift_max(x: jax.Array, axis: int) -> jax.Array:
+    """The max along ``axis`` (kept), but at least the lowest finite float: a row of
+    ``-inf`` gets a finite shift from the reduction itself. (A select after it, as
+    :func:`finite_shift`, splits XLA's CPU fusion of the max with the sums that use it:
+    a pass over the row more.)"""
+    return jnp.max(x, axis=axis, keepdims=True, initial=jnp.finfo(x.dtype).min)
 
 
 def _scaled(d: jax.Array, beta: jax.Array | float | None) -> jax.Array:

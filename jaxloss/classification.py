@@ -39,6 +39,7 @@ from jax.typing import ArrayLike
 from jaxloss import _lm_head, _rules, _softmax, _validate
 from jaxloss._math import kept as _kept
 from jaxloss._math import times as _times
+from jaxloss._math import unless_nonfinite
 from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
 from jaxloss.distributed import AxisName, match_varying
 from jaxloss.large_vocab import _vocab_parallel_integer_ce
@@ -335,7 +336,7 @@ def _row_block(classes: int) -> int | None:
 def _log_normalizer(
     x: jax.Array, valid: jax.Array | None, dtype: jnp.dtype, beta: jax.Array | float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Row max ``m`` (0 for an empty row; no gradient) and ``log sum exp(x - m)``, in
+    """Row max ``m`` (finite for an empty row; no gradient) and ``log sum exp(x - m)``, in
     ``dtype``, kept apart (see :mod:`jaxloss._softmax`).
 
     A long row is reduced in blocks of a few thousand classes (a free reshape): each
@@ -421,14 +422,25 @@ def _softmax_ce_fwd(
     r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x') - x'_c) + \varepsilon_z
     \mathrm{lse}(x')^2` with :math:`x'` the logits as ``head`` transforms them;
     residuals: the inputs and the normalizer :math:`(m, \log s)` per row."""
-    x = _lm_head.transform(logits.astype(labels.dtype), head)
     beta = _lm_head.beta(head)
-    m, log_s = _log_normalizer(x if _lm_head.caps(head) else logits, valid, labels.dtype,
-                               beta)
-    target = _dense_target(x, labels, smoothing, valid)
-    # Halves, doubled: m - x may overflow where the weighted sum does not.
-    half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
-    loss = 2 * jnp.sum(_times(target, half), axis=-1)
+
+    def normalizer() -> tuple[jax.Array, jax.Array, jax.Array]:
+        x = _lm_head.transform(logits.astype(labels.dtype), head)
+        return (x, *_log_normalizer(x if _lm_head.caps(head) else logits, valid,
+                                    labels.dtype, beta))
+
+    x, m, log_s = normalizer()
+
+    def exact() -> jax.Array:
+        x, m, log_s = normalizer()
+        # Halves, doubled: m - x may overflow where the weighted sum does not.
+        half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
+        return 2 * jnp.sum(_times(_dense_target(x, labels, smoothing, valid), half), axis=-1)
+
+    # As exact() wherever that is finite (halving is exact), and in one fused pass.
+    plain = _softmax.neg_log_probabilities(x, m, log_s, beta=beta)
+    loss = unless_nonfinite(
+        jnp.sum(_dense_target(x, labels, smoothing, valid) * plain, axis=-1), exact)
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
         loss = loss + z
@@ -562,6 +574,11 @@ def _class_axis_sharded(x: jax.Array) -> bool:
     return len(spec) == x.ndim and spec[-1] is not None
 
 
+def _sharded(x: jax.Array) -> bool:
+    """Whether any axis of ``x`` is sharded over an Explicit mesh."""
+    return any(a is not None for a in jax.typeof(x).sharding.spec)
+
+
 def _pick(x: jax.Array, labels: jax.Array, gather: bool) -> jax.Array:
     """``x[..., label]`` along the last axis; 0 for a label outside ``[0, C)``.
 
@@ -582,6 +599,14 @@ def _at_label(values: jax.Array, labels: jax.Array, shape: tuple[int, ...]) -> j
     pass over the logits; a scatter would be a pass of its own."""
     classes = jax.lax.broadcasted_iota(labels.dtype, shape, len(shape) - 1)
     return jnp.where(classes == labels[..., None], values[..., None], 0)
+
+
+def _add_at_label(x: jax.Array, values: jax.Array, labels: jax.Array) -> jax.Array:
+    """``x`` with ``values`` (one per row) added at each row's label (in range)."""
+    rows = x.reshape(-1, x.shape[-1])
+    index = jnp.arange(rows.shape[0])
+    rows = rows.at[index, labels.reshape(-1)].add(values.reshape(-1), mode="drop")
+    return rows.reshape(x.shape)
 
 
 def _smoothing_terms(
@@ -695,11 +720,16 @@ def _integer_ce_bwd(
     factor = total[..., None] * p
     if smooth is not None:
         factor = factor - smooth
-    factor = factor - _at_label(alpha, labels, x.shape)
-    # A row whose label is out of range: NaN.
+    # A row whose label is out of range: NaN (a factor per row, not a select per entry).
     in_range = (labels >= 0) & (labels < x.shape[-1])
-    factor = jnp.where(in_range[..., None], factor, jnp.nan)
-    d_logits = g[..., None] * factor
+    g_rows = g * jnp.where(in_range, 1, jnp.nan).astype(g.dtype)
+    if gather and not _sharded(x):
+        # The label's term added in place after the elementwise pass: on XLA's CPU a
+        # scatter of one entry per row costs less than a compare and select per entry.
+        # (Over an Explicit mesh the scatter's sharding is ambiguous: the compare.)
+        d_logits = _add_at_label(g_rows[..., None] * factor, -g_rows * alpha, labels)
+    else:
+        d_logits = g_rows[..., None] * (factor - _at_label(alpha, labels, x.shape))
     d_head = _lm_head.head_cotangent(
         head, _lm_head.option_sums(head, d_logits, x, logits.astype(dtype), m), m[..., 0],
         log_s[..., 0], g)

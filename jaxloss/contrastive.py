@@ -68,8 +68,22 @@ def _norm(x: jax.Array) -> jax.Array:
 
 
 def _euclidean_value(a: jax.Array, b: jax.Array, eps: jax.Array) -> jax.Array:
-    r""":math:`d = \lVert a - b + \epsilon \rVert_2` over the last axis."""
-    return _norm(a - b + eps)
+    r""":math:`d = \lVert a - b + \epsilon \rVert_2` over the last axis.
+
+    The plain root of the sum of squares, one pass, wherever that is exact: the sum
+    neither overflows nor is so small that squares flushed to zero could matter (at
+    most ``n * tiny`` lost, below ``eps`` of the sum). Only then are the rows scaled by
+    their largest entry first (:func:`_norm`, two passes), in a branch that runs only
+    when a row needs it."""
+    sum_sq = jnp.sum(jnp.square(a - b + eps), axis=-1)
+    info = jnp.finfo(sum_sq.dtype)
+    low = a.shape[-1] * float(info.tiny) / float(info.eps)
+    ok = (sum_sq >= low) & (sum_sq <= info.max)  # False for NaN
+    plain = jnp.sqrt(sum_sq)
+    # The predicate from a min and a max of the rows: both fuse with the sum's pass.
+    every = (jnp.min(sum_sq, initial=info.max) >= low) & (jnp.max(sum_sq, initial=0) <= info.max)
+    return jax.lax.cond(every, lambda: plain,
+                        lambda: jnp.where(ok, plain, _norm(a - b + eps)))
 
 
 def _euclidean_fwd(

@@ -329,3 +329,63 @@ def test_logits_spanning_more_than_the_float32_range():
     weighted = jaxloss.softmax_cross_entropy_with_integer_labels(
         x, jnp.array([1]), class_weights=jnp.array([1.0, 0.1, 1.0]))
     np.testing.assert_allclose(weighted, [0.1 * neg_log_p[1]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Plain sums with an exact branch (jaxloss._math.unless_nonfinite, the euclidean
+# distance): one batch mixes ordinary rows, which take the one-pass form, with rows that
+# need the careful one, and every row must come out as float64 computes it.
+
+
+def _dense_ce_f64(logits, labels):
+    x = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    lse = m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+    with np.errstate(invalid="ignore"):
+        terms = np.where(y == 0, 0.0, y * (lse - x))
+    return np.sum(terms, axis=-1)
+
+
+def test_dense_ce_rows_needing_care_beside_plain_rows():
+    big = np.finfo(F32).max
+    logits = np.array([
+        [0.5, -1.0, 2.0, 0.0],          # plain
+        [1.0, -np.inf, 0.0, 3.0],       # -inf class with target 0: 0 * inf = 0
+        [1.0, -np.inf, 0.0, 3.0],       # -inf class with target > 0: inf
+        [big, -big, 0.0, 1.0],          # m - x = 2 * max overflows; the sum does not
+    ], F32)
+    labels = np.array([
+        [0.2, 0.3, 0.5, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+        [0.0, 0.5, 0.5, 0.0],
+        [0.75, 0.25 * 2.0**-100, 0.0, 0.0],
+    ], F32)
+    got = np.asarray(jax.jit(jaxloss.softmax_cross_entropy)(logits, labels))
+    want = _dense_ce_f64(logits, labels)
+    assert want[2] == np.inf and np.isfinite(want[3])
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    # Each row alone takes its own branch; the values must not depend on the batch.
+    for i in range(len(logits)):
+        alone = jaxloss.softmax_cross_entropy(logits[i:i + 1], labels[i:i + 1])
+        np.testing.assert_array_equal(np.asarray(alone), got[i:i + 1])
+
+
+def test_euclidean_rows_needing_care_beside_plain_rows():
+    d = 8
+    rows = np.stack([
+        np.linspace(-1.0, 1.0, d),      # plain
+        np.full(d, 1e30),               # squares overflow
+        np.full(d, 3e-30),              # squares underflow
+        np.zeros(d),                    # distance 0
+        np.r_[1.0, np.full(d - 1, 1e-25)],  # tiny entries beside a normal one
+    ]).astype(F32)
+    zero = np.zeros_like(rows)
+    got = np.asarray(jax.jit(jaxloss.pairwise_distance)(rows, zero))
+    want = np.sqrt(np.sum(np.square(rows.astype(np.float64)), axis=-1))
+    np.testing.assert_allclose(got, want, rtol=2e-7)
+    grad = np.asarray(jax.jit(jax.grad(
+        lambda a: jnp.sum(jaxloss.pairwise_distance(a, zero))))(rows))
+    with np.errstate(invalid="ignore"):
+        want_grad = np.where(want[:, None] == 0, 0.0, rows / want[:, None])
+    np.testing.assert_allclose(grad, want_grad, rtol=2e-6, atol=1e-30)
