@@ -138,6 +138,8 @@ class Sizes:
     # (B, D, chunk): symmetric info_nce with chunk_size=chunk and unchunked, against
     # optax's cross-entropy of the B×B scores and PyTorch's CLIP loss.
     clip: tuple[int, int, int] | None = None
+    # (B, D, chunk): the same rows in float32 (the CPU's InfoNCE rows).
+    info_nce: tuple[int, int, int] | None = None
 
 
 FULL = Sizes(
@@ -149,8 +151,10 @@ FULL = Sizes(
     linear=(4096, 512, 32768),
     ctc=(32, 400, 64, 80),
     composed=(1024, 256, 32768),
+    info_nce=(4096, 256, 512),
 )
-QUICK = dataclasses.replace(FULL, ntxent=(512, 256), linear=(512, 512, 32768))
+QUICK = dataclasses.replace(FULL, ntxent=(512, 256), linear=(512, 512, 32768),
+                            info_nce=(1024, 256, 256))
 TINY = Sizes(
     elementwise=(64, 32),
     cross_entropy=((32, 64),),
@@ -160,6 +164,7 @@ TINY = Sizes(
     linear=(32, 16, 64),
     ctc=(4, 12, 6, 4),
     composed=(16, 8, 64),
+    info_nce=(32, 8, 8),
 )
 # The GPU workloads of the project's issue 12, the sizes of its reference figures.
 GPU_ROWS = {"fused_linear": (8192, 2304, 256000), "integer_ce": (8192, 131072),
@@ -337,39 +342,48 @@ def gpu_case_specs(sizes: Sizes, data: _Inputs, torch: ModuleType | None,
                                   True))
 
     if sizes.clip is not None:
-        b, d, chunk = sizes.clip
+        specs += _clip_specs(sizes.clip, "bfloat16", data, torch, gpu_row=True)
+    return specs
 
-        def optax_clip(q: jax.Array, k: jax.Array) -> jax.Array:
-            scores = (q @ k.T) / TEMPERATURE
-            labels = jnp.arange(scores.shape[0])
-            ce = optax.losses.softmax_cross_entropy_with_integer_labels
-            return 0.5 * (ce(scores, labels) + ce(scores.T, labels))
 
-        def torch_clip(q: Any, k: Any) -> Any:  # CLIP's loss, per pair
-            scores = q @ k.T / TEMPERATURE
-            labels = torch.arange(scores.shape[0], device=scores.device)
-            return 0.5 * (F.cross_entropy(scores, labels, reduction="none")
-                          + F.cross_entropy(scores.T, labels, reduction="none"))
+def _clip_specs(size: tuple[int, int, int], dtype: str, data: _Inputs,
+                torch: ModuleType | None, gpu_row: bool) -> list[CaseSpec]:
+    """Symmetric info_nce, chunked and not, against optax's cross-entropy of the B×B
+    scores both ways and PyTorch's CLIP loss."""
+    b, d, chunk = size
+    F: Any = None if torch is None else torch.nn.functional
 
-        for chunk_size in (chunk, None):
-            name = "info_nce(symmetric=True" + (
-                f", chunk_size={chunk_size})" if chunk_size else ")")
+    def optax_clip(q: jax.Array, k: jax.Array) -> jax.Array:
+        scores = (q @ k.T) / TEMPERATURE
+        labels = jnp.arange(scores.shape[0])
+        ce = optax.losses.softmax_cross_entropy_with_integer_labels
+        return 0.5 * (ce(scores, labels) + ce(scores.T, labels))
 
-            def build_clip(b: int = b, d: int = d, chunk_size: int | None = chunk_size,
-                           name: str = name) -> Case:
-                pair = []
-                for _ in range(2):  # unit rows, as CLIP normalizes its embeddings
-                    x = data.normal((b, d))
-                    pair.append(x / np.linalg.norm(x, axis=-1, keepdims=True))
-                return Case(name, f"B={b} D={d}", "bfloat16",
-                            functools.partial(jaxloss.info_nce, temperature=TEMPERATURE,
-                                              symmetric=True, chunk_size=chunk_size),
-                            optax_clip, tuple(data.jax(x, "bfloat16") for x in pair),
-                            argnums=(0, 1), torch=torch_clip,
-                            torch_args=tuple(data.to_torch(x, "bfloat16") for x in pair),
-                            note="optax: cross-entropy of the B×B scores both ways; "
-                                 "PyTorch: CLIP's loss; gradient w.r.t. both sides")
-            specs.append(CaseSpec(name, build_clip, True))
+    def torch_clip(q: Any, k: Any) -> Any:  # CLIP's loss, per pair
+        scores = q @ k.T / TEMPERATURE
+        labels = torch.arange(scores.shape[0], device=scores.device)
+        return 0.5 * (F.cross_entropy(scores, labels, reduction="none")
+                      + F.cross_entropy(scores.T, labels, reduction="none"))
+
+    specs = []
+    for chunk_size in (chunk, None):
+        name = "info_nce(symmetric=True" + (
+            f", chunk_size={chunk_size})" if chunk_size else ")")
+
+        def build_clip(chunk_size: int | None = chunk_size, name: str = name) -> Case:
+            pair = []
+            for _ in range(2):  # unit rows, as CLIP normalizes its embeddings
+                x = data.normal((b, d))
+                pair.append(x / np.linalg.norm(x, axis=-1, keepdims=True))
+            return Case(name, f"B={b} D={d}", dtype,
+                        functools.partial(jaxloss.info_nce, temperature=TEMPERATURE,
+                                          symmetric=True, chunk_size=chunk_size),
+                        optax_clip, tuple(data.jax(x, dtype) for x in pair),
+                        argnums=(0, 1), torch=torch_clip,
+                        torch_args=tuple(data.to_torch(x, dtype) for x in pair),
+                        note="optax: cross-entropy of the B×B scores both ways; "
+                             "PyTorch: CLIP's loss; gradient w.r.t. both sides")
+        specs.append(CaseSpec(name, build_clip, gpu_row))
     return specs
 
 
@@ -442,6 +456,9 @@ def case_specs(
 
             specs.append(CaseSpec("softmax_cross_entropy", build_dense))
             specs.append(CaseSpec("softmax_cross_entropy_with_integer_labels", build_integer))
+
+    if sizes.info_nce is not None:
+        specs += _clip_specs(sizes.info_nce, "float32", data, torch, gpu_row=False)
 
     b, d_nt = sizes.ntxent
 
@@ -934,6 +951,9 @@ def environment(mode: str, sizes: str, torch: ModuleType | None,
         "device_count": jax.device_count(),
         "os": platform.system(),
         "cpu": _cpu_model(),
+        "isa": _isa(),
+        "allocator": ", ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ)
+                     or "the system's defaults",
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -947,9 +967,37 @@ def environment(mode: str, sizes: str, torch: ModuleType | None,
     }
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _isa() -> str:
+    """The widest x86 vector extension the CPU has (``avx512``, ``+amx``), and XLA's cap
+    on it where ``XLA_FLAGS`` sets ``--xla_cpu_max_isa``: XLA's CPU code, and so the
+    ratios, differ per instruction set."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = ("avx512" if "avx512f" in flags else "avx2" if "avx2" in flags
+           else "avx" if "avx" in flags else platform.machine().lower())
+    if "amx_tile" in flags:
+        isa += "+amx"
+    cap = re.search(r"--xla_cpu_max_isa=(\w+)", os.environ.get("XLA_FLAGS", ""))
+    return isa if cap is None else f"{isa}, XLA max {cap.group(1).lower()}"
+
+
 def result_stem() -> str:
-    """``<backend>-<device>``, e.g. ``cpu-cpu`` or ``gpu-nvidia-h100-80gb-hbm3``."""
-    kind = re.sub(r"[^a-z0-9]+", "-", jax.devices()[0].device_kind.lower()).strip("-")
+    """``<backend>-<device>``, e.g. ``gpu-nvidia-h100-80gb-hbm3``; on a CPU the model and
+    instruction set, e.g. ``cpu-amd-epyc-avx2`` or ``cpu-intel-xeon-...-avx512-amx``,
+    so that two machines' (or two ISA caps') results sit side by side."""
+    if jax.default_backend() == "cpu":
+        return f"cpu-{_slug(_cpu_model())}-{_slug(_isa())}"
+    kind = _slug(jax.devices()[0].device_kind)
     return f"{jax.default_backend()}-{kind or 'unknown'}"
 
 
@@ -975,6 +1023,7 @@ def _header(env: Mapping[str, Any], title: str) -> list[str]:
         f"{env['cpu_count']} CPUs; {env['device_count']} {env['backend']} device(s).",
         f"jax {env['jax']}, jaxlib {env['jaxlib']}, optax {env['optax']}, "
         f"jaxloss {env['jaxloss']}, PyTorch {torch}, Python {env['python']}.",
+        f"Instruction set: {env.get('isa', DASH)}. Allocator: {env.get('allocator', DASH)}.",
     ]
 
 
@@ -1252,6 +1301,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "V=256000, cross-entropy V=131072, InfoNCE B=32768, with Liger and "
                         "Cut Cross-Entropy) and every --quick row; 'tiny' and 'gpu-tiny': "
                         "the same rows at toy sizes, timed 3 times (smoke tests)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep the system allocator's defaults (by default the run "
+                             "restarts with fixed glibc thresholds: see MALLOC_ENV)")
     parser.add_argument("--no-torch", action="store_true",
                         help="leave PyTorch (and Liger and Cut Cross-Entropy) out even when "
                         "installed")
@@ -1332,5 +1384,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+# glibc returns large freed blocks to the system, and every fresh 16 MiB output then
+# costs its page faults again: on one 2-core machine writing a [4096, 1024] float32 array
+# took 8-10 ms in some processes and 1.4 ms in others, which drowned every ratio. Fixed
+# thresholds keep freed blocks for reuse, as a training loop's steady state does; the
+# header says which allocator settings a run had (--system-malloc: none).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
+              "MALLOC_TOP_PAD_": str(512 << 20)}
+
+
+def _with_steady_allocator(argv: Sequence[str]) -> None:
+    """Runs this script again with :data:`MALLOC_ENV` (glibc reads it at start-up)."""
+    if ("--system-malloc" in argv or platform.system() != "Linux"
+            or all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+
 if __name__ == "__main__":
+    _with_steady_allocator(sys.argv[1:])
     sys.exit(main())

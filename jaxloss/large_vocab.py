@@ -737,6 +737,158 @@ def _linear_ce_bwd(
 _linear_ce.defvjp(_linear_ce_fwd, _linear_ce_bwd)
 
 
+# ---------------------------------------------------------------------------------
+# The linear cross-entropy reduced to a scalar, in three matmuls.
+
+# Rows per chunk of the scalar path: the [rows, V] logits and their gradient stay near
+# this many entries (16 MiB each in float32).
+_ROW_CHUNK_ENTRIES = 1 << 22
+
+
+def _row_chunk(rows: int, vocab: int) -> int:
+    """A power of two of rows whose [chunk, V] logits hold about ``_ROW_CHUNK_ENTRIES``."""
+    chunk = 1
+    while chunk * 2 * vocab <= _ROW_CHUNK_ENTRIES and chunk * 2 <= rows:
+        chunk *= 2
+    return min(chunk, rows)
+
+
+# The gradients of the weighted sum (hidden, weight, bias) and the loss per row.
+_ReducedResiduals = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array]
+
+
+# Columns of the weight's gradient updated per product: XLA's CPU backend writes a
+# product before adding it to the accumulator, and the whole [D, V] product would be a
+# temporary the size of the weight.
+_UPDATE_COLUMNS = 4096
+
+
+def _accumulate_columns(acc: jax.Array, left: jax.Array, right: jax.Array,
+                        precision: _validate.Precision, dtype: jnp.dtype) -> jax.Array:
+    """``acc + left @ right``, a block of columns at a time, updated in place."""
+    vocab = right.shape[1]
+    block = next(b for b in range(min(_UPDATE_COLUMNS, vocab), 0, -1) if vocab % b == 0)
+
+    def update(i: jax.Array, acc: jax.Array) -> jax.Array:
+        start = i * block
+        part = jnp.matmul(left, jax.lax.dynamic_slice_in_dim(right, start, block, axis=1),
+                          precision=precision, preferred_element_type=dtype)
+        old = jax.lax.dynamic_slice_in_dim(acc, start, block, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(acc, old + part, start, axis=1)
+
+    return jax.lax.fori_loop(0, vocab // block, update, acc)
+
+
+@_rules.rule(nondiff_argnums=(5,))
+def _reduced_linear_ce(
+    hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, row_weights: jax.Array,
+    labels: jax.Array, static: tuple[int, int, _validate.Precision],
+) -> jax.Array:
+    r""":math:`\sum_n r_n \ell_n` (``row_weights`` :math:`r`), forward only: the
+    vocabulary-chunked pass of :func:`_forward`, no gradient formed."""
+    vocab, chunk, precision = static
+    loss, _, _ = _forward(hidden, weight, bias, labels, vocab, chunk, None, None, precision,
+                          None)
+    return jnp.sum(_times(row_weights.astype(loss.dtype), loss))
+
+
+def _reduced_linear_ce_fwd(
+    hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, row_weights: jax.Array,
+    labels: jax.Array, static: tuple[int, int, _validate.Precision],
+) -> tuple[jax.Array, _ReducedResiduals]:
+    r"""The weighted sum and, in the same pass, its gradients: the cotangent of a scalar
+    is a scalar, so :math:`\partial/\partial H`, :math:`\partial/\partial W`,
+    :math:`\partial/\partial b` can be formed now and scaled later. Per chunk of rows:
+    the logits :math:`X = H_k W + b` (all :math:`V` columns), their softmax :math:`P`,
+    :math:`G = r\,(P - \mathrm{onehot}(y))`, then :math:`\partial H_k = G W^\top`,
+    :math:`\partial W \mathrel{+}= H_k^\top G`, :math:`\partial b \mathrel{+}= \sum_n
+    G_n`: three matmuls per chunk where the vocabulary-chunked rule needs four (its
+    backward pass forms the logits again). The last chunk, when the rows do not divide
+    evenly, is slid back to end at the last row; its repeated rows get weight 0."""
+    _, _, precision = static
+    rows, _ = hidden.shape
+    vocab = weight.shape[1]
+    dtype = _validate.compute_dtype(hidden.dtype, weight.dtype,
+                                    *(() if bias is None else (bias.dtype,)))
+    operand = jnp.promote_types(hidden.dtype, weight.dtype)
+    size = _row_chunk(rows, vocab)
+    row_weights = row_weights.astype(dtype)
+    # H transposed once: XLA's CPU matmul with a transposed [chunk, D] operand (the
+    # slice's .T) ran at 0.4x the speed of the plain product (measured at D=512,
+    # V=32768); a slice of the transposed copy is an ordinary operand.
+    hidden_t = hidden.T
+
+    def step(carry: Any, start: jax.Array) -> tuple[Any, None]:
+        d_hidden, d_weight, d_bias, losses = carry
+        begin = jnp.minimum(start, rows - size)
+        fresh = begin + jnp.arange(size, dtype=start.dtype) >= start
+        y = jax.lax.dynamic_slice_in_dim(labels, begin, size)
+        r = jnp.where(fresh, jax.lax.dynamic_slice_in_dim(row_weights, begin, size), 0)
+        # A row of weight 0 (left out, or repeated by the last chunk) is read as 0: its
+        # gradient is 0 whatever it holds (a select per chunk, not a copy of H).
+        live = r != 0
+        h = _kept(jax.lax.dynamic_slice_in_dim(hidden, begin, size), live[:, None])
+        x = jnp.matmul(h, weight, precision=precision, preferred_element_type=dtype)
+        if bias is not None:
+            x = x + bias.astype(dtype)
+        m, log_s = _softmax.normalizer(x, dtype)
+        in_range = y >= 0  # labels outside [0, V) arrive as -1
+        index = jnp.where(in_range, y, 0)
+        x_label = jnp.take_along_axis(x, index[:, None], axis=1)[:, 0]
+        loss = _softmax.neg_log_probabilities(x_label, m[:, 0], log_s[:, 0])
+        loss = jnp.where(in_range, loss, jnp.nan)
+        # A row whose label is out of range: NaN (a factor per row).
+        r_rows = r * jnp.where(in_range, 1, jnp.nan).astype(dtype)
+        p = _softmax.probabilities(x, m, log_s)
+        grad = (r_rows[:, None] * p).at[jnp.arange(size), index].add(-r_rows)
+        if d_bias is not None:
+            d_b = jnp.sum(grad, axis=0)
+            d_bias = d_bias + d_b.astype(d_bias.dtype)
+        grad = grad.astype(operand)
+        # (W G^T)^T rather than G W^T: XLA's CPU backend copies a transposed operand,
+        # and W^T is the size of the weight where G^T is one chunk.
+        d_h = jax.lax.dot_general(weight, grad, (((1,), (1,)), ((), ())), precision=precision,
+                                  preferred_element_type=dtype).T
+        old = jax.lax.dynamic_slice_in_dim(d_hidden, begin, size)
+        d_hidden = jax.lax.dynamic_update_slice_in_dim(
+            d_hidden, jnp.where(fresh[:, None], d_h.astype(d_hidden.dtype), old), begin, 0)
+        h_t = _kept(jax.lax.dynamic_slice_in_dim(hidden_t, begin, size, axis=1), live)
+        d_weight = _accumulate_columns(d_weight, h_t, grad, precision, dtype)
+        old_loss = jax.lax.dynamic_slice_in_dim(losses, begin, size)
+        losses = jax.lax.dynamic_update_slice_in_dim(
+            losses, jnp.where(fresh, loss, old_loss), begin, 0)
+        return (d_hidden, d_weight, d_bias, losses), None
+
+    init: Any = (jnp.zeros(hidden.shape, hidden.dtype), jnp.zeros(weight.shape, dtype),
+                 None if bias is None else jnp.zeros(bias.shape, dtype),
+                 jnp.zeros((rows,), dtype))
+    starts = jnp.arange(0, rows, size, dtype=labels.dtype)
+    (d_hidden, d_weight, d_bias, losses), _outputs = jax.lax.scan(step, init, starts)
+    total = jnp.sum(_times(row_weights, losses))
+    d_weight = d_weight.astype(weight.dtype)
+    d_bias = None if d_bias is None or bias is None else d_bias.astype(bias.dtype)
+    return total, (d_hidden, d_weight, d_bias, losses)
+
+
+def _reduced_linear_ce_bwd(
+    static: tuple[int, int, _validate.Precision], residuals: _ReducedResiduals, g: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array, None]:
+    """The gradients formed by the forward pass, times the scalar cotangent; the row
+    weights' is the loss of each row."""
+    d_hidden, d_weight, d_bias, losses = residuals
+    d_r = g.astype(losses.dtype) * losses
+    return ((g * d_hidden).astype(d_hidden.dtype), (g * d_weight).astype(d_weight.dtype),
+            None if d_bias is None else (g * d_bias).astype(d_bias.dtype), d_r, None)
+
+
+_reduced_linear_ce.defvjp(_reduced_linear_ce_fwd, _reduced_linear_ce_bwd)
+
+
+def _any_sharded(*arrays: jax.Array) -> bool:
+    """Whether an axis of any of ``arrays`` is sharded over an Explicit mesh."""
+    return any(a is not None for x in arrays for a in jax.typeof(x).sharding.spec)
+
+
 def _linear_inputs(
     hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, bias: ArrayLike | None,
     chunk_size: int | None,
@@ -827,6 +979,15 @@ def linear_softmax_cross_entropy(
     :math:`\partial b_k` written per chunk). Memory is :math:`O(N \cdot
     \text{chunk})` instead of :math:`O(N V)`; the cost is one more matmul (the
     recomputed logits) than the materialized version's three.
+
+    With ``reduction="mean"`` or ``"sum"`` (and no smoothing, softcap, temperature,
+    z-loss, ``axis_name`` or ``return_aux``) the cotangent is a scalar, so the
+    gradients are formed in the forward pass instead and scaled in the backward pass
+    (Liger's fused linear cross-entropy): chunks of rows, each with all :math:`V`
+    logits, their softmax and the products :math:`\partial H_k = G W^\top`,
+    :math:`\partial W \mathrel{+}= H_k^\top G`: three matmuls, and memory
+    :math:`O(\text{rows} \cdot V + D V)`, the :math:`D V` being the weight's gradient.
+    A call that is not differentiated runs the forward scan alone.
 
     At :math:`N = 4096`, :math:`D = 512`, :math:`V = 32768` float32 with the default
     ``chunk_size`` (:data:`DEFAULT_CHUNK_SIZE` = 2048), ``jax.value_and_grad`` needs
@@ -997,6 +1158,15 @@ def linear_softmax_cross_entropy(
     # Replicated over ``axis_name`` like the labels (:func:`_replicated_share`).
     _, smoothing, head = _lm_head.match_varying_with_head(head, labels, smoothing)
     precision = _validate.precision("precision", precision)
+    if (reduction != "none" and axis_name is None and not return_aux and smoothing is None
+            and head is None and not _any_sharded(hidden, weight, labels)):
+        # A scalar: its gradients in the forward pass, three matmuls (see the function).
+        rows = jnp.ones(labels.shape, dtype) if keep is None else keep.astype(dtype)
+        if reduction == "mean":
+            count = jnp.sum(rows)
+            rows = rows / jnp.where(count == 0, 1, count)
+        return _reduced_linear_ce(hidden, weight, bias, rows, labels,
+                                  (vocab, chunk, precision))
     if keep is not None:  # a row left out reaches no gradient (:func:`jaxloss._math.kept`)
         hidden = _kept(hidden, keep[:, None])
     out = _linear_ce(hidden, weight, bias, labels, smoothing, head, vocab, chunk, axis_name,

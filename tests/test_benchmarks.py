@@ -75,6 +75,8 @@ def test_tiny_run_writes_the_reports(tmp_path):
     if hasattr(jaxloss, "linear_softmax_cross_entropy"):
         expected.add("linear_softmax_cross_entropy")
     expected.add("softmax_cross_entropy_with_integer_labels(hidden @ weight)")
+    # The InfoNCE rows: symmetric, chunked and not, against optax's CE both ways.
+    expected |= {"info_nce(symmetric=True)", "info_nce(symmetric=True, chunk_size=8)"}
     assert {row["loss"] for row in rows} == expected
     assert len(rows) == len(expected)  # tiny: one row per loss
     for row in rows:
