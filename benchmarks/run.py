@@ -492,16 +492,20 @@ def case_specs(
             hidden = data.normal((n_lin, d_lin))
             weight = data.normal((d_lin, v_lin), scale=d_lin**-0.5)
             labels = data.rng.integers(0, v_lin, n_lin).astype(np.int32)
+            # Summed, as a training step reduces it: jaxloss's three-matmul path.
             return Case("linear_softmax_cross_entropy", f"N={n_lin} D={d_lin} V={v_lin}",
-                        "float32", jaxloss.linear_softmax_cross_entropy,
-                        lambda h, w, y: optax.losses.softmax_cross_entropy_with_integer_labels(
-                            h @ w, y),
+                        "float32",
+                        functools.partial(jaxloss.linear_softmax_cross_entropy,
+                                          reduction="sum"),
+                        lambda h, w, y: jnp.sum(
+                            optax.losses.softmax_cross_entropy_with_integer_labels(h @ w, y)),
                         (data.jax(hidden), data.jax(weight), data.jax(labels)),
                         argnums=(0, 1),
-                        torch=lambda h, w, y: F.cross_entropy(h @ w, y, reduction="none"),
+                        torch=lambda h, w, y: F.cross_entropy(h @ w, y, reduction="sum"),
                         torch_args=(data.to_torch(hidden), data.to_torch(weight),
                                     data.to_torch(labels.astype(np.int64))),
-                        note="optax/PyTorch on hidden @ weight; gradient w.r.t. both")
+                        note="reduction='sum'; optax/PyTorch on hidden @ weight; gradient "
+                             "w.r.t. both")
         specs.append(CaseSpec("linear_softmax_cross_entropy", build_linear))
 
     # CTC over sequences of varied lengths, the gradient of the logits; PyTorch on the
