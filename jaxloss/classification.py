@@ -401,7 +401,7 @@ def _softmax_ce(
     logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
     valid: jax.Array | None, head: _lm_head.Head | None,
 ) -> jax.Array:
-    return _softmax_ce_fwd(logits, labels, smoothing, valid, head)[0]
+    return _softmax_ce_fwd(logits, labels, smoothing, valid, head, residuals=False)[0]
 
 
 def _dense_target(
@@ -417,30 +417,62 @@ def _dense_target(
 
 def _softmax_ce_fwd(
     logits: jax.Array, labels: jax.Array, smoothing: jax.Array | None,
-    valid: jax.Array | None, head: _lm_head.Head | None,
+    valid: jax.Array | None, head: _lm_head.Head | None, *, residuals: bool = True,
 ) -> tuple[jax.Array, _SoftmaxCEResiduals]:
     r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x') - x'_c) + \varepsilon_z
     \mathrm{lse}(x')^2` with :math:`x'` the logits as ``head`` transforms them;
     residuals: the inputs and the normalizer :math:`(m, \log s)` per row."""
     beta = _lm_head.beta(head)
 
-    def normalizer() -> tuple[jax.Array, jax.Array, jax.Array]:
+    def normalizer(logits: jax.Array, labels: jax.Array, valid: jax.Array | None
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
         x = _lm_head.transform(logits.astype(labels.dtype), head)
         return (x, *_log_normalizer(x if _lm_head.caps(head) else logits, valid,
                                     labels.dtype, beta))
 
-    x, m, log_s = normalizer()
-
-    def exact() -> jax.Array:
-        x, m, log_s = normalizer()
+    def exact(x: jax.Array, m: jax.Array, log_s: jax.Array, labels: jax.Array,
+              valid: jax.Array | None) -> jax.Array:
         # Halves, doubled: m - x may overflow where the weighted sum does not.
         half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
         return 2 * jnp.sum(_times(_dense_target(x, labels, smoothing, valid), half), axis=-1)
 
-    # As exact() wherever that is finite (halving is exact), and in one fused pass.
-    plain = _softmax.neg_log_probabilities(x, m, log_s, beta=beta)
-    loss = unless_nonfinite(
-        jnp.sum(_dense_target(x, labels, smoothing, valid) * plain, axis=-1), exact)
+    def exact_in_blocks() -> jax.Array:
+        # A few rows at a time: XLA's CPU backend writes the products of the select
+        # form before summing them, and a branch's temporaries are allocated whether it
+        # runs or not ([N, C] of them at once: 128 MiB at [1024, 32768]).
+        if _sharded(logits):  # a map over sharded rows has no one sharding: whole
+            return exact(*normalizer(logits, labels, valid), labels, valid)
+
+        def rows(a: jax.Array | None) -> jax.Array | None:
+            return None if a is None else a.reshape(-1, a.shape[-1])
+
+        def block(args: tuple[jax.Array, jax.Array, jax.Array | None]) -> jax.Array:
+            logits, labels, valid = args
+            return exact(*normalizer(logits, labels, valid), labels, valid)
+
+        out: jax.Array = jax.lax.map(block, (rows(logits), rows(labels), rows(valid)),
+                                     batch_size=max(1, (1 << 16) // logits.shape[-1]))
+        return out.reshape(logits.shape[:-1])
+
+    x, m, log_s = normalizer(logits, labels, valid)
+    if residuals:
+        # The max goes on to the backward pass too. Passed through a select (a no-op:
+        # it is finite), it is broadcast inside each pass that reads it. Otherwise XLA's
+        # CPU backend writes its [N, C] broadcast once for them all (measured: 128 MiB
+        # at [1024, 32768]).
+        m = _softmax.finite_shift(m)
+
+    if logits.dtype == labels.dtype:
+        # As exact() wherever that is finite (halving is exact), and in one fused pass.
+        plain = _softmax.neg_log_probabilities(x, m, log_s, beta=beta)
+        loss = unless_nonfinite(
+            jnp.sum(_dense_target(x, labels, smoothing, valid) * plain, axis=-1),
+            exact_in_blocks)
+    else:
+        # Logits converted up (bf16): the conversion fuses into XLA's loop fusions, select
+        # and all, but not into the one-pass form, nor into a branch's operands (f32 copies
+        # of [N, C], 3x optax's temporaries at [256, 131072]).
+        loss = exact(x, m, log_s, labels, valid)
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
         loss = loss + z
