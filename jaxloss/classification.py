@@ -41,7 +41,7 @@ from jaxloss._math import kept as _kept
 from jaxloss._math import times as _times
 from jaxloss._math import unless_nonfinite
 from jaxloss._reduce import Reduction, overflow_safe_mean, weighted_reduce
-from jaxloss.distributed import AxisName, match_varying
+from jaxloss.distributed import AxisName, match_varying, replicated_sharding
 from jaxloss.large_vocab import _vocab_parallel_integer_ce
 
 __all__ = [
@@ -440,7 +440,8 @@ def _softmax_ce_fwd(
         # A few rows at a time: XLA's CPU backend writes the products of the select
         # form before summing them, and a branch's temporaries are allocated whether it
         # runs or not ([N, C] of them at once: 128 MiB at [1024, 32768]).
-        if _sharded(logits):  # a map over sharded rows has no one sharding: whole
+        if replicated_sharding(logits) is not None:
+            # A map over rows split over an Explicit mesh has no one sharding: whole.
             return exact(*normalizer(logits, labels, valid), labels, valid)
 
         def rows(a: jax.Array | None) -> jax.Array | None:
@@ -606,11 +607,6 @@ def _class_axis_sharded(x: jax.Array) -> bool:
     return len(spec) == x.ndim and spec[-1] is not None
 
 
-def _sharded(x: jax.Array) -> bool:
-    """Whether any axis of ``x`` is sharded over an Explicit mesh."""
-    return any(a is not None for a in jax.typeof(x).sharding.spec)
-
-
 def _pick(x: jax.Array, labels: jax.Array, gather: bool) -> jax.Array:
     """``x[..., label]`` along the last axis; 0 for a label outside ``[0, C)``.
 
@@ -755,7 +751,7 @@ def _integer_ce_bwd(
     # A row whose label is out of range: NaN (a factor per row, not a select per entry).
     in_range = (labels >= 0) & (labels < x.shape[-1])
     g_rows = g * jnp.where(in_range, 1, jnp.nan).astype(g.dtype)
-    if gather and not _sharded(x):
+    if gather and replicated_sharding(x) is None:
         # The label's term added in place after the elementwise pass: on XLA's CPU a
         # scatter of one entry per row costs less than a compare and select per entry.
         # (Over an Explicit mesh the scatter's sharding is ambiguous: the compare.)

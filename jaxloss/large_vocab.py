@@ -884,11 +884,6 @@ def _reduced_linear_ce_bwd(
 _reduced_linear_ce.defvjp(_reduced_linear_ce_fwd, _reduced_linear_ce_bwd)
 
 
-def _any_sharded(*arrays: jax.Array) -> bool:
-    """Whether an axis of any of ``arrays`` is sharded over an Explicit mesh."""
-    return any(a is not None for x in arrays for a in jax.typeof(x).sharding.spec)
-
-
 def _linear_inputs(
     hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, bias: ArrayLike | None,
     chunk_size: int | None,
@@ -1159,7 +1154,7 @@ def linear_softmax_cross_entropy(
     _, smoothing, head = _lm_head.match_varying_with_head(head, labels, smoothing)
     precision = _validate.precision("precision", precision)
     if (reduction != "none" and axis_name is None and not return_aux and smoothing is None
-            and head is None and not _any_sharded(hidden, weight, labels)):
+            and head is None and replicated_sharding(hidden, weight, labels) is None):
         # A scalar: its gradients in the forward pass, three matmuls (see the function).
         rows = jnp.ones(labels.shape, dtype) if keep is None else keep.astype(dtype)
         if reduction == "mean":
