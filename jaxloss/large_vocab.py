@@ -993,14 +993,17 @@ def linear_softmax_cross_entropy(
     A call that is not differentiated runs the forward scan alone.
 
     At :math:`N = 4096`, :math:`D = 512`, :math:`V = 32768` float32 with the default
-    ``chunk_size`` (:data:`DEFAULT_CHUNK_SIZE` = 2048), ``jax.value_and_grad`` needs
-    1/20 of the temporary memory of the materialized
+    ``chunk_size`` (:data:`DEFAULT_CHUNK_SIZE` = 2048), ``jax.value_and_grad`` of the
+    per-row losses (``reduction="none"``, the recompute rule) needs 1/20 of the
+    temporary memory of the materialized
     ``optax.softmax_cross_entropy_with_integer_labels(hidden @ weight, labels)``
     (``memory_analysis().temp_size_in_bytes``: 52 MiB against 1024 MiB) and, on a
     2-core CPU, 1.21 times its time (1.12 in an earlier run; the extra matmul, partly
     paid back by never writing ``[N, V]`` arrays). Memory is dominated by the chunk's
     two ``[N, chunk]`` float32 blocks (logits and their gradient): 1024 needs 34 MiB,
-    4096 needs 88 MiB, in about the same time.
+    4096 needs 88 MiB, in about the same time. With ``reduction="sum"`` (the
+    three-matmul rule below) it needs 42.8 MiB (1/24) in 0.78–0.92x the materialized
+    time in three runs on the same CPU (``benchmarks/results/``).
 
     Values and gradients are those of
     :func:`jaxloss.softmax_cross_entropy_with_integer_labels` applied to the
