@@ -141,32 +141,29 @@ def _shift(x: jax.Array, k: int) -> jax.Array:
 
 
 def _unshift(x: jax.Array, k: int) -> jax.Array:
-    """``x[:, s + k]`` (``-inf`` after the last state)."""
-    return jnp.concatenate([x[:, k:], jnp.full_like(x[:, :k], -jnp.inf)], axis=1)
+    """``x[:, s + k]`` (0 after the last state)."""
+    return jnp.concatenate([x[:, k:], jnp.zeros_like(x[:, :k])], axis=1)
 
 
-def _unshift3(x: jax.Array, k: int) -> jax.Array:
-    """``x[:, :, s + k]`` (``-inf`` after the last state)."""
-    return jnp.concatenate([x[:, :, k:], jnp.full_like(x[:, :, :k], -jnp.inf)], axis=2)
-
-
-def _lse3(x: jax.Array, y: jax.Array, z: jax.Array) -> jax.Array:
-    """log-sum-exp of three arrays, with a finite value and gradient (0) where all are
-    ``-inf``, so that the backward pass's own derivative has no NaN either."""
+def _lse3(x: jax.Array, y: jax.Array, z: jax.Array
+          ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """log-sum-exp of three arrays, and the share of each term in the sum (its
+    derivative), with a finite value and shares (0) where all are ``-inf``, so that the
+    derivative has no NaN either."""
     m = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(x, y), z))
     m = jnp.where(jnp.isfinite(m), m, 0)
-    total = jnp.exp(x - m) + jnp.exp(y - m) + jnp.exp(z - m)
+    ex, ey, ez = jnp.exp(x - m), jnp.exp(y - m), jnp.exp(z - m)
+    total = ex + ey + ez
     empty = total == 0
-    return jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1, total)))
+    inverse = jnp.where(empty, 0, 1 / jnp.where(empty, 1, total))
+    lse = jnp.where(empty, -jnp.inf, m + jnp.log(jnp.where(empty, 1, total)))
+    return lse, (ex * inverse, ey * inverse, ez * inverse)
 
 
 def _row_max(x: jax.Array) -> jax.Array:
-    return jax.lax.stop_gradient(_frame_max(x))
-
-
-def _frame_max(x: jax.Array) -> jax.Array:
+    """Each row's maximum (0 where it is not finite), a constant to differentiation."""
     top = jnp.max(x, axis=-1, keepdims=True)
-    return jnp.where(jnp.isfinite(top), top, 0)
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0))
 
 
 def _frame(lp: jax.Array, pad: jax.Array, w2: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -199,48 +196,67 @@ def _final(alpha: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.logaddexp(_pick(alpha, 2 * lengths), last_label)
 
 
+def _alpha_step(alpha: jax.Array, lp_t: jax.Array, pad_t: jax.Array, w1: jax.Array,
+                w2: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """The forward variables after one frame (the same at a padded frame), and each
+    state's shares from staying, moving on one state and skipping a blank."""
+    lse, shares = _lse3(alpha, _shift(alpha, 1) + w1, _shift(alpha, 2) + w2)
+    return jnp.where(pad_t[:, None], alpha, lp_t + lse), shares
+
+
 def _forward(
     lp: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array, lengths: jax.Array,
-    eps: jax.Array, *, scaled: bool,
-) -> tuple[jax.Array, jax.Array]:
-    """The forward variables of every frame, ``[T, B, 2N + 1]``, and the sum of the
-    shifts. ``scaled``: each frame's variables are shifted by their maximum (the shifts
-    summed apart), so that they stay near 0 and float32 keeps their differences, which
-    the posteriors need, to full relative precision over hundreds of frames."""
+    eps: jax.Array, *, shares: bool,
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...]]:
+    """:math:`\\log p`, the last frame's forward variables and, with ``shares``, every
+    frame's shares of the three moves into each state (``[T, B, 2N + 1]`` each). Each
+    frame's variables are shifted by their maximum (the shifts summed apart), so that
+    they stay near 0 and float32 keeps their differences over hundreds of frames."""
     def step(carry: tuple[jax.Array, jax.Array], x: tuple[jax.Array, jax.Array]
-             ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+             ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
         alpha, scale = carry
-        lp_t, pad_t = x
-        new = lp_t + _lse3(alpha, _shift(alpha, 1) + w1, _shift(alpha, 2) + w2)
-        new = jnp.where(pad_t[:, None], alpha, new)
-        if scaled:
-            top = _row_max(new)
-            new, scale = new - top, scale + top[:, 0]
-        return (new, scale), new
+        new, moves = _alpha_step(alpha, *x, w1, w2)
+        top = _row_max(new)
+        return (new - top, scale + top[:, 0]), (moves if shares else ())
 
     alpha0 = _init(_frame(lp, pad, w2, lengths), eps)
-    init = (alpha0, jnp.zeros_like(alpha0[:, 0]))
-    (_, scale), alphas = jax.lax.scan(step, init, (lp, pad))
-    return alphas, scale
+    (last, scale), moves = jax.lax.scan(step, (alpha0, jnp.zeros_like(alpha0[:, 0])),
+                                        (lp, pad))
+    return scale + _final(last, lengths), last, moves
 
 
-def _log_p(
-    logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
-    lengths: jax.Array, eps: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    lp = _emissions(logp, ext)
-    alphas, scale = _forward(lp, pad, w1, w2, lengths, eps, scaled=True)
-    last = alphas[-1] if alphas.shape[0] else _init(_frame(lp, pad, w2, lengths), eps)
-    return scale + _final(last, lengths), alphas
+def _posteriors(
+    last: jax.Array, lengths: jax.Array, pad: jax.Array, moves: tuple[jax.Array, ...]
+) -> jax.Array:
+    r"""The posterior :math:`\gamma_t(s) = \partial \log p / \partial \log p_t(y'_s)` of
+    each state at each frame (``[T, B, 2N + 1]``; 0 at a padded frame), by the adjoint
+    of the forward recursion. :math:`\alpha_t(s) = \log p_t(y'_s) + \log \sum_r
+    e^{\alpha_{t-1}(r) + w_{rs}}` gives :math:`\partial \alpha_t(s) / \partial
+    \alpha_{t-1}(r) = \pi_t(r \to s)`, the share of :math:`r` in that sum, so
+    :math:`\gamma_{t-1}(r) = \sum_s \gamma_t(s) \pi_t(r \to s)`: products and sums
+    of numbers in :math:`[0, 1]`, no exponential in the loop. A sequence with no
+    alignment at all (``log_epsilon=-inf``) has no shares and gets 0."""
+    s = last.shape[1]
+    state = jnp.arange(s)[None, :]
+    final = (state == 2 * lengths[:, None]) | (state == 2 * lengths[:, None] - 1)
+    log_final = _final(last, lengths)[:, None]
+    reached = final & jnp.isfinite(log_final) & jnp.isfinite(last)
+    gamma = jnp.where(reached, jnp.exp(jnp.where(reached, last - log_final, 0)), 0)
+
+    def step(gamma: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        stay, move, skip, pad_t = x
+        prev = stay * gamma + _unshift(move * gamma, 1) + _unshift(skip * gamma, 2)
+        keep = pad_t[:, None]
+        return jnp.where(keep, gamma, prev), jnp.where(keep, 0, gamma)
+
+    _, gammas = jax.lax.scan(step, gamma, (*moves, pad), reverse=True)
+    return gammas
 
 
 # The arguments of _ctc: log-probabilities, extended labels, frame padding, the
 # lattice's two transition weights, label lengths and log epsilon.
 _CTCInputs = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array,
                    jax.Array]
-# Those and the forward variables.
-_CTCResiduals = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array,
-                      jax.Array, jax.Array]
 
 
 @_rules.rule()
@@ -248,57 +264,20 @@ def _ctc(
     logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
     lengths: jax.Array, eps: jax.Array,
 ) -> jax.Array:
-    return -_log_p(logp, ext, pad, w1, w2, lengths, eps)[0]
+    return -_forward(_emissions(logp, ext), pad, w1, w2, lengths, eps, shares=False)[0]
 
 
 def _ctc_fwd(
     logp: jax.Array, ext: jax.Array, pad: jax.Array, w1: jax.Array, w2: jax.Array,
     lengths: jax.Array, eps: jax.Array,
-) -> tuple[jax.Array, _CTCResiduals]:
-    # Residuals: the log-probabilities (log_softmax keeps them anyway) and the forward
-    # variables; the emissions are gathered again.
-    log_p, alphas = _log_p(logp, ext, pad, w1, w2, lengths, eps)
-    return -log_p, (logp, ext, pad, w1, w2, lengths, eps, alphas)
-
-
-def _ctc_bwd(
-    res: _CTCResiduals, g: jax.Array
-) -> tuple[jax.Array, None, None, jax.Array, jax.Array, None, jax.Array]:
-    r"""With :math:`\beta_t(s)` the log-probability of the frames after :math:`t` given
-    state :math:`s` at :math:`t` (the reverse recursion on the same lattice, shifted per
-    frame like the forward one), the posterior of state :math:`s` at frame :math:`t` is
-    :math:`\gamma_t(s) = e^{\alpha_t(s) + \beta_t(s) - \log p}` and
-    :math:`\partial \ell / \partial \log p_t(k_s) = -\gamma_t(s)` (0 at a padded frame).
-    Every alignment is in exactly one state at each frame, so :math:`\gamma_t` is the
-    softmax of :math:`\alpha_t + \beta_t` over the states: the shifts cancel, and a
-    sequence with no alignment at all (``log_epsilon=-inf``) gets 0."""
-    logp, ext, pad, w1, w2, lengths, eps, alphas = res
-    lp = _emissions(logp, ext)
-    s = lp.shape[2]
-    state = jnp.arange(s)[None, :]
-    final = (state == 2 * lengths[:, None]) | (state == 2 * lengths[:, None] - 1)
-    frame = _frame(lp, pad, w2, lengths)
-    beta = jnp.where(final, jnp.zeros_like(frame), jnp.full_like(frame, -jnp.inf))
-    # Each state's continuation from frame t on through the next state, or the one
-    # after: the emission and the transition, formed for all frames at once so that
-    # the loop shifts only its carry (XLA fuses that; a shifted intermediate it does not).
-    lp1 = _unshift3(lp, 1) + _unshift(jnp.broadcast_to(w1, beta.shape), 1)
-    lp2 = _unshift3(lp, 2) + _unshift(w2, 2)
-
-    def step(beta: jax.Array, x: tuple[jax.Array, jax.Array, jax.Array, jax.Array]
-             ) -> tuple[jax.Array, jax.Array]:
-        lp_t, lp1_t, lp2_t, pad_t = x
-        prev = _lse3(beta + lp_t, _unshift(beta, 1) + lp1_t, _unshift(beta, 2) + lp2_t)
-        return jnp.where(pad_t[:, None], beta, prev - _row_max(prev)), beta
-
-    _, betas = jax.lax.scan(step, beta, (lp, lp1, lp2, pad), reverse=True)
-    # The posteriors of all frames at once, outside the sequential loop.
-    joint = alphas + betas
-    e = jnp.exp(joint - jax.lax.stop_gradient(_frame_max(joint)))
-    total = jnp.sum(e, axis=2, keepdims=True)
-    keep = (total > 0) & ~pad[:, :, None]
-    posterior = e * jnp.where(keep, 1 / jnp.where(keep, total, 1), 0)
-    posterior = -g[None, :, None] * posterior
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
+    r""":math:`\partial \ell / \partial \log p_t(k) = -\sum_{s:\, y'_s = k} \gamma_t(s)`,
+    with the posteriors :math:`\gamma` of :func:`_posteriors`. The cotangent of a
+    sequence's loss is a scalar, so the whole gradient is formed here and the backward
+    pass only scales it: the residual is ``[B, T, K]``, not the recursion's shares."""
+    log_p, last, moves = _forward(_emissions(logp, ext), pad, w1, w2, lengths, eps,
+                                  shares=True)
+    posterior = -_posteriors(last, lengths, pad, moves)
     # Back to the classes: the blanks' sum into the blank's column, and the labels' by a
     # product with their one-hot rows (exact: one nonzero term per label; the
     # posteriors are finite).
@@ -308,8 +287,15 @@ def _ctc_bwd(
                       precision=jax.lax.Precision.HIGHEST)
     blanks = jnp.transpose(jnp.sum(posterior[..., 0::2], axis=-1))
     grad = grad + blanks[..., None] * jax.nn.one_hot(ext[:, :1], k, dtype=logp.dtype)
-    return (grad, None, None, jnp.zeros_like(w1), jnp.zeros_like(w2), None,
-            jnp.zeros_like(eps))
+    return -log_p, (grad, w1, w2, eps)
+
+
+def _ctc_bwd(
+    res: tuple[jax.Array, jax.Array, jax.Array, jax.Array], g: jax.Array
+) -> tuple[jax.Array, None, None, jax.Array, jax.Array, None, jax.Array]:
+    grad, w1, w2, eps = res
+    return (g[:, None, None] * grad, None, None, jnp.zeros_like(w1), jnp.zeros_like(w2),
+            None, jnp.zeros_like(eps))
 
 
 _ctc.defvjp(_ctc_fwd, _ctc_bwd)
@@ -400,9 +386,12 @@ def ctc_loss(
     1 (optax's loss is then about -1e-26, its issue #1771), or optax's lattice sums past
     1 (a label equal to ``blank_id`` counts some alignments twice; optax's loss is then
     negative), the value is 0 and the gradient still the one above. The
-    backward pass (a custom rule, :mod:`jaxloss._rules`) computes it so, in log space,
-    from the forward variables it kept (shifted per frame, so float32 keeps their
-    differences over hundreds of frames); it is written in differentiable operations,
+    gradient (a custom rule, :mod:`jaxloss._rules`) comes from the forward recursion
+    (shifted per frame, so float32 keeps its differences over hundreds of frames): each
+    state's shares of the three moves into it, kept per frame, carry the posteriors back
+    from the last frame in products and sums, with no exponential in that loop, and
+    the backward pass scales the result by the cotangent. It is written in
+    differentiable operations,
     so every mode works: ``jax.jvp`` and ``jax.jacfwd`` (the rule transposed),
     ``jax.hessian`` and reverse over reverse. In float32 a sequence that cannot fit has
     a loss near :math:`-\log\epsilon` = 1e5, known to float32's absolute precision
@@ -518,7 +507,13 @@ def ctc_loss_with_forward_probs(
     args, _ = _prepare(logits, logit_paddings, labels, label_paddings, blank_id, log_epsilon,
                        None)
     logp, ext, pad, w1, w2, lengths, eps = args
-    alphas, _ = _forward(_emissions(logp, ext), pad, w1, w2, lengths, eps, scaled=False)
+    def step(alpha: jax.Array, x: tuple[jax.Array, jax.Array]
+             ) -> tuple[jax.Array, jax.Array]:
+        new = _alpha_step(alpha, *x, w1, w2)[0]
+        return new, new
+
+    lp = _emissions(logp, ext)
+    _, alphas = jax.lax.scan(step, _init(_frame(lp, pad, w2, lengths), eps), (lp, pad))
     if not alphas.shape[0]:
         raise ValueError("logits must have at least one frame, got "
                          f"{_validate.describe(logits)}")
