@@ -38,8 +38,12 @@ runs the same rows at toy sizes, on any backend (the tests run it on the CPU).
 Method: every JAX function is jitted and compiled ahead of time, called once to warm
 up, then timed call by call with ``jax.block_until_ready``; the libraries are measured
 in the same process and interleaved (one sample of each in turn, the order rotated
-every round) so that drift in the machine's speed hits them alike. A sample is enough
-back-to-back calls to last ``min_sample_s``; the result is the median over samples.
+every round) so that drift in the machine's speed hits them alike. PyTorch and its
+kernels are interleaved among themselves, after the JAX functions: on a CPU its OpenMP
+threads keep spinning after a call, and whichever function ran next lost cores to them
+(identical compiled code measured 1.04-1.50x behind optax because it followed PyTorch
+more often). A sample is enough back-to-back calls to last ``min_sample_s``; the result
+is the median over samples.
 Ratios are the numbers to read: absolute times depend on the machine and its load.
 
 Usage::
@@ -797,15 +801,18 @@ def compare(outputs: Mapping[str, Any], *, row: str, mode: str, dtype: str,
 
 
 def measure(calls: Mapping[str, Callable[[], Any]], timing: Timing,
-            check: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
-    """Median seconds per call of each thunk, sampled in turn (interleaved).
+            check: Callable[[dict[str, Any]], None] | None = None,
+            apart: Collection[str] = ()) -> dict[str, float]:
+    """Median seconds per call of each thunk, sampled in turn (interleaved); those
+    named in ``apart`` are interleaved among themselves, after the others.
 
     ``check``, when given, receives the warm-up calls' results, before any sample is
     timed (it raises to stop the measurement)."""
     names = list(calls)
     inner: dict[str, int] = {}
     results: dict[str, Any] = {}
-    for name in names:  # warm-up, whose time sizes the samples
+    # Warm-up, whose time sizes the samples (the set apart first: see the module doc).
+    for name in sorted(names, key=lambda name: name not in apart):
         start = time.perf_counter()
         results[name] = calls[name]()
         elapsed = time.perf_counter() - start
@@ -814,17 +821,18 @@ def measure(calls: Mapping[str, Callable[[], Any]], timing: Timing,
         check(results)
     del results
     samples: dict[str, list[float]] = {name: [] for name in names}
-    began = time.perf_counter()
-    for round_ in range(timing.samples):
-        shift = round_ % len(names)  # rotate who goes first
-        for name in names[shift:] + names[:shift]:
-            call, k = calls[name], inner[name]
-            start = time.perf_counter()
-            for _ in range(k):
-                call()
-            samples[name].append((time.perf_counter() - start) / k)
-        if round_ >= 2 and time.perf_counter() - began > timing.budget_s:
-            break
+    for group in ([n for n in names if n not in apart], [n for n in names if n in apart]):
+        began = time.perf_counter()
+        for round_ in range(timing.samples if group else 0):
+            shift = round_ % len(group)  # rotate who goes first
+            for name in group[shift:] + group[:shift]:
+                call, k = calls[name], inner[name]
+                start = time.perf_counter()
+                for _ in range(k):
+                    call()
+                samples[name].append((time.perf_counter() - start) / k)
+            if round_ >= 2 and time.perf_counter() - began > timing.budget_s:
+                break
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -889,7 +897,7 @@ def run_case(
             if problems:
                 raise MismatchError("\n".join(problems))
 
-        seconds = measure(calls, timing, check)
+        seconds = measure(calls, timing, check, apart=torch_calls)
         peaks: dict[str, int | None] = {}
         if jax_peaks:
             if on_cuda:
