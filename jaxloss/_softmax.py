@@ -60,9 +60,7 @@ def normalizer(
     apart (or fuse one into a multiply-add), and at the max, at 1e30, be 1e22 instead
     of 0."""
     if block is None:
-        m = jax.lax.stop_gradient(_shift_max(x, axis).astype(dtype))
-        log_s = jnp.log(jnp.sum(jnp.exp(_scaled(x.astype(dtype) - m, beta)), axis=axis,
-                                keepdims=True))
+        m, _, log_s = exponentials(x, dtype, axis=axis, beta=beta)
         return m, log_s
     xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
     block_max = jax.lax.stop_gradient(jnp.max(xb, axis=-1).astype(dtype))
@@ -72,6 +70,19 @@ def normalizer(
     # An empty block has block_sum 0 and scale exp(-inf) = 0: no 0 * inf.
     scale = jnp.exp(_scaled(block_max - m, beta))
     return m, jnp.log(jnp.sum(block_sum * scale, axis=-1, keepdims=True))
+
+
+def exponentials(
+    x: jax.Array, dtype: jnp.dtype, *, axis: int = -1, beta: jax.Array | float | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""``(m, e, log s)``: :func:`normalizer`'s ``m`` and ``log s`` (one level) and the
+    exponentials :math:`e = e^{\beta (x - m)}` they are summed from. Where only the
+    normalizer is used, XLA fuses ``e`` into the sum and never writes it; a backward
+    pass that keeps ``e`` forms the softmax as :math:`e / s` without a second
+    exponential."""
+    m = jax.lax.stop_gradient(_shift_max(x, axis).astype(dtype))
+    e = jnp.exp(_scaled(x.astype(dtype) - m, beta))
+    return m, e, jnp.log(jnp.sum(e, axis=axis, keepdims=True))
 
 
 def _shift_max(x: jax.Array, axis: int) -> jax.Array:
