@@ -85,6 +85,13 @@ def exponentials(
     return m, e, jnp.log(jnp.sum(e, axis=axis, keepdims=True))
 
 
+def from_exponentials(e: jax.Array, log_s: jax.Array) -> jax.Array:
+    """The softmax :math:`e / s` from :func:`exponentials`' ``e`` and ``log s``: 0 on a
+    row of ``-inf`` (``e = 0`` and ``s = 0`` there)."""
+    empty = jnp.isneginf(log_s)
+    return e * jnp.where(empty, 0, jnp.exp(-jnp.where(empty, 0, log_s)))
+
+
 def _shift_max(x: jax.Array, axis: int) -> jax.Array:
     """The max along ``axis`` (kept), but at least the lowest finite float: a row of
     ``-inf`` gets a finite shift from the reduction itself. (A select after it, as
@@ -196,6 +203,10 @@ def neg_log_probabilities(
     doubled (halving is exact). ``recomputed=True`` (``x`` formed apart from the values
     the normalizer saw, e.g. a diagonal taken elementwise) clamps :math:`m - x_c` at 0,
     value only (:func:`_zero_where`): never below :math:`\log s`."""
+    if scale == 1.0 and beta is None and not recomputed:
+        # log s - (x - m): the same number as (m - x) + log s (negation is exact), with
+        # the difference that the sum of exponentials forms (XLA computes it once).
+        return log_s - (x - m)
     d = scale * m - scale * x if scale != 1.0 else m - x
     if recomputed:
         d = _zero_where(d, d < 0)

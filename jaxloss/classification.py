@@ -387,10 +387,10 @@ def _cross_entropy_grad(
 # Softmax cross-entropy with dense (one-hot or soft) targets.
 
 
-# The inputs, then the row normalizer (m, log s).
+# The inputs, then the row normalizer (m, log s) and, without options, exp(x - m).
 _SoftmaxCEResiduals = tuple[
     jax.Array, jax.Array, jax.Array | None, jax.Array | None, _lm_head.Head | None,
-    jax.Array, jax.Array]
+    jax.Array, jax.Array, jax.Array | None]
 _IntegerCEResiduals = tuple[
     jax.Array, jax.Array, jax.Array | None, jax.Array | None, jax.Array | None,
     jax.Array | None, _lm_head.Head | None, jax.Array, jax.Array]
@@ -421,7 +421,8 @@ def _softmax_ce_fwd(
 ) -> tuple[jax.Array, _SoftmaxCEResiduals]:
     r""":math:`\ell = \sum_c q_c(\mathrm{lse}(x') - x'_c) + \varepsilon_z
     \mathrm{lse}(x')^2` with :math:`x'` the logits as ``head`` transforms them;
-    residuals: the inputs and the normalizer :math:`(m, \log s)` per row."""
+    residuals: the inputs and the normalizer :math:`(m, \log s)` per row, and without
+    options :math:`e^{x - m}` (:func:`_keeps_exponentials`)."""
     beta = _lm_head.beta(head)
 
     def normalizer(logits: jax.Array, labels: jax.Array, valid: jax.Array | None
@@ -455,7 +456,13 @@ def _softmax_ce_fwd(
                                      batch_size=max(1, (1 << 16) // logits.shape[-1]))
         return out.reshape(logits.shape[:-1])
 
-    x, m, log_s = normalizer(logits, labels, valid)
+    e = None
+    if logits.dtype == labels.dtype and _keeps_exponentials(logits, None, None, valid, head):
+        # The backward pass's softmax as e / s (see _keeps_exponentials).
+        x = logits
+        m, e, log_s = _softmax.exponentials(logits, labels.dtype)
+    else:
+        x, m, log_s = normalizer(logits, labels, valid)
     if residuals:
         # The max goes on to the backward pass too. Passed through a select (a no-op:
         # it is finite), it is broadcast inside each pass that reads it. Otherwise XLA's
@@ -477,7 +484,7 @@ def _softmax_ce_fwd(
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
         loss = loss + z
-    return loss, (logits, labels, smoothing, valid, head, m, log_s)
+    return loss, (logits, labels, smoothing, valid, head, m, log_s, e)
 
 
 def _softmax_ce_bwd(
@@ -488,11 +495,15 @@ def _softmax_ce_bwd(
     that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
     (\mathrm{lse} - x_c)`; with ``head``, :math:`2\varepsilon_z \mathrm{lse}\,p` more
     on :math:`\partial\ell/\partial x'`, times :math:`\partial x'/\partial x`."""
-    logits, labels, smoothing, valid, head, m, log_s = residuals
+    logits, labels, smoothing, valid, head, m, log_s, e = residuals
     x = _lm_head.transform(logits.astype(labels.dtype), head)
     beta = _lm_head.beta(head)
     target = _dense_target(x, labels, smoothing, valid)
-    d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g, beta)
+    if e is None:
+        d_logits = _cross_entropy_grad(x, m, log_s, valid, target, g, beta)
+    else:
+        p = _softmax.from_exponentials(e, log_s)
+        d_logits = g[..., None] * (p * jnp.sum(target, axis=-1, keepdims=True) - target)
     z = _lm_head.z_coefficient(head, m[..., 0], log_s[..., 0])
     if z is not None:
         p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
@@ -764,9 +775,7 @@ def _integer_ce_bwd(
     if z is not None:
         total = total + z
     if exponentials:
-        # e / s, with 0 for a row of -inf (e = 0 and s = 0 there).
-        empty = jnp.isneginf(log_s)
-        p = x * jnp.where(empty, 0, jnp.exp(-jnp.where(empty, 0, log_s)))
+        p = _softmax.from_exponentials(x, log_s)
     else:
         p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
     # The derivative of each row's loss first, then one product with the cotangent:
