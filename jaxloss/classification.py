@@ -307,11 +307,15 @@ def _class_mask(
 
 def _dense_inputs(
     name: str, x: jax.Array, labels: jax.Array, where: jax.Array | None,
-    axis: int | Sequence[int], dtype: jnp.dtype,
+    axis: int | Sequence[int], dtype: jnp.dtype, *, convert: bool = True,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Inputs and dense targets with the classes last, and the class mask if any."""
+    """Inputs and dense targets with the classes last, and the class mask if any; the
+    targets in ``dtype``, or with ``convert=False`` float ones (not wider than ``dtype``)
+    as they came, for a rule that converts them where it reads them."""
     _validate.broadcasts_to(name, x, labels=labels)
-    labels = jnp.broadcast_to(labels.astype(dtype), x.shape)
+    keep = (not convert and jnp.issubdtype(labels.dtype, jnp.floating)
+            and jnp.dtype(labels.dtype).itemsize <= jnp.dtype(dtype).itemsize)
+    labels = jnp.broadcast_to(labels if keep else labels.astype(dtype), x.shape)
     valid = _class_mask(where, x.ndim, axis)
     x, _ = _classes_last(x, axis)
     labels, _ = _classes_last(labels, axis)
@@ -424,18 +428,20 @@ def _softmax_ce_fwd(
     residuals: the inputs and the normalizer :math:`(m, \log s)` per row, and without
     options :math:`e^{x - m}` (:func:`_keeps_exponentials`)."""
     beta = _lm_head.beta(head)
+    dtype = _validate.compute_dtype(logits.dtype)
 
-    def normalizer(logits: jax.Array, labels: jax.Array, valid: jax.Array | None
+    def normalizer(logits: jax.Array, valid: jax.Array | None
                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        x = _lm_head.transform(logits.astype(labels.dtype), head)
-        return (x, *_log_normalizer(x if _lm_head.caps(head) else logits, valid,
-                                    labels.dtype, beta))
+        x = _lm_head.transform(logits.astype(dtype), head)
+        return (x, *_log_normalizer(x if _lm_head.caps(head) else logits, valid, dtype,
+                                    beta))
 
     def exact(x: jax.Array, m: jax.Array, log_s: jax.Array, labels: jax.Array,
               valid: jax.Array | None) -> jax.Array:
         # Halves, doubled: m - x may overflow where the weighted sum does not.
         half = _softmax.neg_log_probabilities(x, m, log_s, scale=0.5, beta=beta)
-        return 2 * jnp.sum(_times(_dense_target(x, labels, smoothing, valid), half), axis=-1)
+        target = _dense_target(x, labels.astype(dtype), smoothing, valid)
+        return 2 * jnp.sum(_times(target, half), axis=-1)
 
     def exact_in_blocks() -> jax.Array:
         # A few rows at a time: XLA's CPU backend writes the products of the select
@@ -443,26 +449,41 @@ def _softmax_ce_fwd(
         # runs or not ([N, C] of them at once: 128 MiB at [1024, 32768]).
         if replicated_sharding(logits) is not None:
             # A map over rows split over an Explicit mesh has no one sharding: whole.
-            return exact(*normalizer(logits, labels, valid), labels, valid)
+            return exact(*normalizer(logits, valid), labels, valid)
 
         def rows(a: jax.Array | None) -> jax.Array | None:
             return None if a is None else a.reshape(-1, a.shape[-1])
 
-        def block(args: tuple[jax.Array, jax.Array, jax.Array | None]) -> jax.Array:
-            logits, labels, valid = args
-            return exact(*normalizer(logits, labels, valid), labels, valid)
+        flat_logits, flat_labels, flat_valid = (rows(a) for a in (logits, labels, valid))
+        assert flat_logits is not None and flat_labels is not None
+        n = flat_logits.shape[0]
+        size = max(1, min((1 << 16) // logits.shape[-1], n))
+        count = -(-n // size)
+        # The last block ends at the last row (it overlaps the one before it).
+        starts = jnp.minimum(jnp.arange(count) * size, n - size)
 
-        out: jax.Array = jax.lax.map(block, (rows(logits), rows(labels), rows(valid)),
-                                     batch_size=max(1, (1 << 16) // logits.shape[-1]))
+        def cut(a: jax.Array, start: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_slice_in_dim(a, start, size)
+
+        def block(start: jax.Array) -> jax.Array:
+            # Sliced here by index, not handed over by the map: XLA converts a mapped
+            # bf16 operand to float32 whole, before the loop ([N, C] each).
+            return exact(*normalizer(cut(flat_logits, start),
+                                     None if flat_valid is None else cut(flat_valid, start)),
+                         cut(flat_labels, start),
+                         None if flat_valid is None else cut(flat_valid, start))
+
+        out: jax.Array = jax.lax.map(block, starts)
+        out = jnp.concatenate([out[:-1].reshape(-1), out[-1][count * size - n:]])
         return out.reshape(logits.shape[:-1])
 
     e = None
-    if logits.dtype == labels.dtype and _keeps_exponentials(logits, None, None, valid, head):
+    if _keeps_exponentials(logits, None, None, valid, head):
         # The backward pass's softmax as e / s (see _keeps_exponentials).
         x = logits
-        m, e, log_s = _softmax.exponentials(logits, labels.dtype)
+        m, e, log_s = _softmax.exponentials(logits, dtype)
     else:
-        x, m, log_s = normalizer(logits, labels, valid)
+        x, m, log_s = normalizer(logits, valid)
     if residuals:
         # The max goes on to the backward pass too. Passed through a select (a no-op:
         # it is finite), it is broadcast inside each pass that reads it. Otherwise XLA's
@@ -470,16 +491,18 @@ def _softmax_ce_fwd(
         # at [1024, 32768]).
         m = _softmax.finite_shift(m)
 
-    if logits.dtype == labels.dtype:
+    if logits.dtype == dtype:
         # As exact() wherever that is finite (halving is exact), and in one fused pass.
         plain = _softmax.neg_log_probabilities(x, m, log_s, beta=beta)
         loss = unless_nonfinite(
-            jnp.sum(_dense_target(x, labels, smoothing, valid) * plain, axis=-1),
+            jnp.sum(_dense_target(x, labels.astype(dtype), smoothing, valid) * plain,
+                    axis=-1),
             exact_in_blocks)
     else:
         # Logits converted up (bf16): the conversion fuses into XLA's loop fusions, select
-        # and all, but not into the one-pass form, nor into a branch's operands (f32 copies
-        # of [N, C], 3x optax's temporaries at [256, 131072]).
+        # and all. The one-pass form with the branch is 2.4x faster at [4096, 1024], but
+        # XLA converts the branch's bf16 logits to float32 whole, before its loop (2x-3x
+        # optax's temporaries).
         loss = exact(x, m, log_s, labels, valid)
     z = _lm_head.z_term(head, m[..., 0], log_s[..., 0])
     if z is not None:
@@ -495,8 +518,10 @@ def _softmax_ce_bwd(
     that exist (0 elsewhere); :math:`\partial\ell/\partial\epsilon = \sum_c (u_c - y_c)
     (\mathrm{lse} - x_c)`; with ``head``, :math:`2\varepsilon_z \mathrm{lse}\,p` more
     on :math:`\partial\ell/\partial x'`, times :math:`\partial x'/\partial x`."""
-    logits, labels, smoothing, valid, head, m, log_s, e = residuals
-    x = _lm_head.transform(logits.astype(labels.dtype), head)
+    logits, raw_labels, smoothing, valid, head, m, log_s, e = residuals
+    dtype = _validate.compute_dtype(logits.dtype)
+    labels = raw_labels.astype(dtype)
+    x = _lm_head.transform(logits.astype(dtype), head)
     beta = _lm_head.beta(head)
     target = _dense_target(x, labels, smoothing, valid)
     if e is None:
@@ -509,10 +534,10 @@ def _softmax_ce_bwd(
         p = _softmax.probabilities(x, m, log_s, valid, beta=beta)
         d_logits = d_logits + (g * z)[..., None] * p
     d_head = _lm_head.head_cotangent(
-        head, _lm_head.option_sums(head, d_logits, x, logits.astype(labels.dtype), m),
+        head, _lm_head.option_sums(head, d_logits, x, logits.astype(dtype), m),
         m[..., 0], log_s[..., 0], g)
     if _lm_head.transforms(head):
-        d_logits = _lm_head.transform_grad(d_logits, logits.astype(labels.dtype), head)
+        d_logits = _lm_head.transform_grad(d_logits, logits.astype(dtype), head)
     exists = x > -jnp.inf if valid is None else valid & (x > -jnp.inf)
     half = jnp.where(exists, _softmax.neg_log_probabilities(x, m, log_s, scale=0.5,
                                                             beta=beta), 0)
@@ -523,7 +548,8 @@ def _softmax_ce_bwd(
         shift = _smoothing_support(x, valid) - labels
         d_smoothing = 2 * jnp.sum(g[..., None] * (shift * half))
         d_smoothing = d_smoothing.astype(smoothing.dtype)
-    return d_logits.astype(logits.dtype), d_labels, d_smoothing, None, d_head
+    return (d_logits.astype(logits.dtype), d_labels.astype(raw_labels.dtype), d_smoothing,
+            None, d_head)
 
 
 _softmax_ce.defvjp(_softmax_ce_fwd, _softmax_ce_bwd)
@@ -601,7 +627,7 @@ def softmax_cross_entropy(
     where = _validate.mask("where", where)
     dtype = _validate.compute_dtype(logits.dtype)
     smoothing = _validate.smoothing("label_smoothing", label_smoothing, dtype)
-    x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype)
+    x, y, valid = _dense_inputs("logits", logits, labels, where, axis, dtype, convert=False)
     head = _lm_head.head(softcap, temperature, z_loss, dtype)
     losses = _softmax_ce(*_lm_head.match_varying_with_head(head, x, y, smoothing, valid))
     rows = None if valid is None else jnp.any(valid, axis=-1)

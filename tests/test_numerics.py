@@ -371,6 +371,22 @@ def test_dense_ce_rows_needing_care_beside_plain_rows():
         np.testing.assert_array_equal(np.asarray(alone), got[i:i + 1])
 
 
+def test_dense_ce_rows_needing_care_in_blocks_that_overlap():
+    # 100 rows of 1024 classes: the careful branch runs 64 rows at a time, the last
+    # block overlapping the first (rows 36-99); rows needing care in each part.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(100, 1024)).astype(F32)
+    labels = rng.dirichlet(np.ones(1024), size=100).astype(F32)
+    big = np.finfo(F32).max
+    for i in (5, 40, 70, 99):
+        logits[i, :2] = (big, -big)
+        labels[i, :2] = (0.5, 0.5 * 2.0**-100)
+    got = np.asarray(jax.jit(jaxloss.softmax_cross_entropy)(logits, labels))
+    want = _dense_ce_f64(logits, labels)
+    assert np.all(np.isfinite(want))
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+
+
 def test_euclidean_rows_needing_care_beside_plain_rows():
     d = 8
     rows = np.stack([
