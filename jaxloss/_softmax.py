@@ -85,6 +85,20 @@ def exponentials(
     return m, e, jnp.log(jnp.sum(e, axis=axis, keepdims=True))
 
 
+def blocked_exponentials(
+    x: jax.Array, dtype: jnp.dtype, block: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`exponentials` along the last axis, its two reductions taken in blocks of
+    ``block`` entries (a divisor of the row), which XLA's CPU backend runs much faster
+    for very long rows (see :func:`normalizer`)."""
+    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
+    top = jnp.max(xb, axis=-1, initial=jnp.finfo(x.dtype).min)
+    m = jax.lax.stop_gradient(jnp.max(top, axis=-1, keepdims=True).astype(dtype))
+    e = jnp.exp(x.astype(dtype) - m)
+    s = jnp.sum(jnp.sum(e.reshape(xb.shape), axis=-1), axis=-1, keepdims=True)
+    return m, e, jnp.log(s)
+
+
 def from_exponentials(e: jax.Array, log_s: jax.Array) -> jax.Array:
     """The softmax :math:`e / s` from :func:`exponentials`' ``e`` and ``log s``: 0 on a
     row of ``-inf`` (``e = 0`` and ``s = 0`` there)."""

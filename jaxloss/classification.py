@@ -707,8 +707,7 @@ def _keeps_exponentials(
     ``value_and_grad`` at [4096, 1024] float32 on the CPU, where exponentials are the
     cost)."""
     return (class_weights is None and smoothing is None and valid is None and head is None
-            and logits.dtype == _validate.compute_dtype(logits.dtype)
-            and _row_block(logits.shape[-1]) is None)
+            and logits.dtype == _validate.compute_dtype(logits.dtype))
 
 
 @_rules.rule(nondiff_argnums=(7, 8))
@@ -718,13 +717,13 @@ def _integer_ce(
     head: _lm_head.Head | None, gather: bool, with_stats: bool,
 ) -> Any:
     return _integer_ce_fwd(logits, labels, class_weights, smoothing, valid, keep, head,
-                           gather, with_stats)[0]
+                           gather, with_stats, residuals=False)[0]
 
 
 def _integer_ce_fwd(
     logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None,
     smoothing: jax.Array | None, valid: jax.Array | None, keep: jax.Array | None,
-    head: _lm_head.Head | None, gather: bool, with_stats: bool,
+    head: _lm_head.Head | None, gather: bool, with_stats: bool, *, residuals: bool = True,
 ) -> tuple[Any, _IntegerCEResiduals]:
     r""":math:`\ell = \alpha\,(\mathrm{lse} - x_y) + \sum_c \epsilon w_c u_c
     (\mathrm{lse} - x_c) + \varepsilon_z \mathrm{lse}^2` with :math:`\alpha = (1 -
@@ -743,8 +742,18 @@ def _integer_ce_fwd(
     # Without a softcap the max and the label's logit are read from the input dtype:
     # a gather from the float32 copy of bf16 logits would make XLA materialize that copy.
     source = x if _lm_head.caps(head) else logits
-    if _keeps_exponentials(logits, class_weights, smoothing, valid, head):
+    block = _row_block(logits.shape[-1])
+    if block is None and _keeps_exponentials(logits, class_weights, smoothing, valid, head):
         m, e, log_s = _softmax.exponentials(logits, dtype)
+    elif residuals and _keeps_exponentials(logits, class_weights, smoothing, valid, head):
+        # Long rows: a forward pass alone keeps the normalizer's per-block shifts (one
+        # pass over memory); one that keeps e shifts by the row's max (two passes, and
+        # no second exponential in the backward pass).
+        # (Blocks on the CPU only, as in _log_normalizer.)
+        assert block is not None
+        m, e, log_s = jax.lax.platform_dependent(
+            logits, cpu=lambda x: _softmax.blocked_exponentials(x, dtype, block),
+            default=lambda x: _softmax.exponentials(x, dtype))
     else:
         m, log_s = _log_normalizer(source, valid, dtype, beta)
         e = logits
